@@ -1,0 +1,146 @@
+// Command basalt-csi is the Basalt CSI driver: controller, node plugin, or both.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/ceph"
+	"github.com/basalt-csi/basalt/pkg/config"
+	"github.com/basalt-csi/basalt/pkg/driver"
+	"github.com/basalt-csi/basalt/pkg/provision"
+	"github.com/basalt-csi/basalt/pkg/records"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+type options struct {
+	endpoint, mode, configPath, nodeID, zone, driverName, logFormat string
+	maxVolumes                                                      int64
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "basalt-csi:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	var o options
+	fs := flag.NewFlagSet("basalt-csi", flag.ContinueOnError)
+	fs.StringVar(&o.endpoint, "endpoint", "unix:///var/lib/kubelet/plugins/rbd.basalt.dev/csi.sock", "CSI endpoint: unix:///path or tcp://host:port")
+	fs.StringVar(&o.mode, "mode", "all", "which services to serve: controller, node or all")
+	fs.StringVar(&o.configPath, "config", "/etc/basalt/config.yaml", "backend configuration (YAML)")
+	fs.StringVar(&o.nodeID, "node-id", "", "this node's ID (node and all modes; default: the host name)")
+	fs.StringVar(&o.zone, "zone", "", "this node's zone (value of topology.rbd.basalt.dev/zone)")
+	fs.StringVar(&o.driverName, "driver-name", driver.DefaultName, "CSI driver name")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.Int64Var(&o.maxVolumes, "max-volumes-per-node", 64, "attach limit reported by NodeGetInfo")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *showVersion {
+		fmt.Println(version)
+		return nil
+	}
+	log := newLogger(o.logFormat)
+	switch o.mode {
+	case "controller", "node", "all":
+	default:
+		return fmt.Errorf("--mode must be controller, node or all, not %q", o.mode)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, o, log)
+}
+
+func newLogger(format string) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
+}
+
+func serve(ctx context.Context, o options, log *slog.Logger) error {
+	ids := &driver.Identity{Name: o.driverName, Version: version}
+	var cs *driver.Controller
+	var ns *driver.Node
+	if o.mode != "node" {
+		cfg, err := config.Load(o.configPath)
+		if err != nil {
+			return err
+		}
+		timeout := time.Duration(cfg.CephTimeoutSeconds) * time.Second
+		mgr := backend.NewManager(cfg, func(ctx context.Context, b config.Backend) (backend.Cluster, error) {
+			return ceph.Connect(ctx, b, timeout)
+		}, log)
+		mgr.Provisioned = func(ctx context.Context) (map[string]uint64, error) {
+			reg, err := mgr.Registry()
+			if err != nil {
+				return nil, err
+			}
+			return records.NewRegistry(reg).ProvisionedByBackend(ctx)
+		}
+		log.Info("connecting to backends", "config", cfg.Path, "backends", mgr.Names())
+		mgr.Refresh(ctx)
+		if len(mgr.Up()) == 0 {
+			log.Error("no backend is reachable yet; Probe reports not ready until one is", "backends", mgr.Names())
+		}
+		go mgr.Run(ctx, time.Duration(cfg.StatsIntervalSeconds)*time.Second)
+		defer mgr.Close()
+		prov := &provision.Provisioner{Backends: mgr, Attempts: cfg.ScheduleAttempts, Log: log}
+		cs = driver.NewController(prov, log)
+		ids.Controller = true
+		ids.Ready = func() bool { return len(mgr.Up()) > 0 }
+	}
+	if o.mode != "controller" {
+		if o.nodeID == "" {
+			h, err := os.Hostname()
+			if err != nil {
+				return fmt.Errorf("--node-id is not set and the host name is unknown: %w", err)
+			}
+			o.nodeID = h
+		}
+		ns = &driver.Node{NodeID: o.nodeID, Zone: o.zone, MaxVolumes: o.maxVolumes}
+	}
+	lis, err := driver.Listen(o.endpoint)
+	if err != nil {
+		return err
+	}
+	var csrv any = cs
+	if cs == nil {
+		csrv = nil
+	}
+	srv := driver.NewGRPCServer(log, ids, controllerOrNil(csrv), nodeOrNil(ns))
+	log.Info("serving", "endpoint", o.endpoint, "mode", o.mode, "driver", o.driverName, "version", version)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		done := make(chan struct{})
+		go func() { srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			srv.Stop()
+		}
+		return nil
+	case err := <-errc:
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	}
+}

@@ -1,0 +1,23 @@
+package main
+
+import (
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/basalt-csi/basalt/pkg/driver"
+)
+
+// controllerOrNil and nodeOrNil avoid registering a typed nil pointer as a
+// service (a non-nil interface holding nil would be registered and panic).
+func controllerOrNil(v any) csi.ControllerServer {
+	if c, ok := v.(*driver.Controller); ok && c != nil {
+		return c
+	}
+	return nil
+}
+
+func nodeOrNil(n *driver.Node) csi.NodeServer {
+	if n == nil {
+		return nil
+	}
+	return n
+}

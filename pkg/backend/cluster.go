@@ -1,0 +1,89 @@
+// Package backend holds the configured backends: their connections, whether
+// they are up, and their capacity as the scheduler sees it. It is the
+// analogue of Cinder's per-backend volume services and their periodic
+// capacity reports. It does not import go-ceph: connections come from a
+// Connector (pkg/ceph in production, a fault-injecting wrapper in tests).
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/basalt-csi/basalt/pkg/records"
+)
+
+// Errors a Cluster returns (wrapped).
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrNotProtected = errors.New("snapshot is not protected")
+	ErrBusy         = errors.New("image is in use")
+)
+
+// ImageSpec names a golden image's snapshot: pool/name@snap.
+type ImageSpec struct{ Pool, Image, Snap string }
+
+func (s ImageSpec) String() string { return s.Pool + "/" + s.Image + "@" + s.Snap }
+
+// ParseImageSpec parses pool/name@snap; every part is required, because only
+// a protected snapshot can be cloned and an image head changes under us.
+func ParseImageSpec(v string) (ImageSpec, error) {
+	pool, rest, ok := strings.Cut(v, "/")
+	if !ok {
+		return ImageSpec{}, fmt.Errorf("image %q must be pool/name@snap", v)
+	}
+	name, snap, ok := strings.Cut(rest, "@")
+	if !ok || pool == "" || name == "" || snap == "" || strings.ContainsAny(name+snap, "/@") {
+		return ImageSpec{}, fmt.Errorf("image %q must be pool/name@snap", v)
+	}
+	return ImageSpec{Pool: pool, Image: name, Snap: snap}, nil
+}
+
+// Stats is a backend pool's physical capacity.
+type Stats struct {
+	TotalBytes uint64
+	FreeBytes  uint64
+}
+
+// ImageInfo describes one image.
+type ImageInfo struct {
+	SizeBytes uint64
+	Metadata  map[string]string
+}
+
+// Usage tells whether an image may be removed.
+type Usage struct {
+	Children []string // pool/image of clones of its snapshots
+	Watchers int      // clients with the image open (mapped)
+}
+
+// Cluster is everything Basalt does on one backend: its Ceph cluster and pool.
+// Every method honours ctx and has its own deadline besides.
+type Cluster interface {
+	records.Store
+
+	ClusterID() string // fsid as Ceph prints it
+	PoolID() int64
+	Stats(ctx context.Context) (Stats, error)
+
+	// SnapshotSize returns the size of spec's snapshot in this cluster;
+	// ErrNotFound when the pool, image or snapshot is absent; ErrNotProtected.
+	SnapshotSize(ctx context.Context, spec ImageSpec) (uint64, error)
+	// Clone makes dst (in the backend pool) a COW clone of spec.
+	Clone(ctx context.Context, spec ImageSpec, dst string) error
+	// CopyFrom copies spec from another cluster into dst, sparsely.
+	CopyFrom(ctx context.Context, src Cluster, spec ImageSpec, dst string) error
+	CreateImage(ctx context.Context, name string, size uint64) error
+	Resize(ctx context.Context, name string, size uint64) error
+	SetMetadata(ctx context.Context, name string, kv map[string]string) error
+	StatImage(ctx context.Context, name string) (ImageInfo, error)
+	Usage(ctx context.Context, name string) (Usage, error)
+	// RemoveImage deletes the image; absent is success; ErrBusy if open.
+	RemoveImage(ctx context.Context, name string) error
+	Close()
+}
+
+// Unwrapper is implemented by wrappers (fault injectors) around a Cluster so
+// that CopyFrom can reach the concrete source.
+type Unwrapper interface{ Unwrap() Cluster }

@@ -1,0 +1,176 @@
+// Package ceph is the only place Basalt calls go-ceph (librados and librbd).
+// A Conn is one backend: a cluster connection and the backend's pool.
+//
+// librados calls cannot be cancelled, so every call runs on its own
+// goroutine and the caller stops waiting at the deadline (the call itself is
+// also bounded by rados_osd_op_timeout / rados_mon_op_timeout). A hung
+// cluster therefore costs a caller at most one timeout and never holds a
+// Basalt lock beyond it.
+package ceph
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	"github.com/ceph/go-ceph/rbd"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/config"
+)
+
+// Conn implements backend.Cluster on a live cluster.
+type Conn struct {
+	name    string
+	conn    *rados.Conn
+	ioctx   *rados.IOContext
+	pool    string
+	fsid    string
+	poolID  int64
+	timeout time.Duration
+}
+
+var _ backend.Cluster = (*Conn)(nil)
+
+// ErrTimeout marks a Ceph call that did not return before its deadline.
+var ErrTimeout = errors.New("ceph call timed out")
+
+// call runs f with a deadline: the smaller of ctx's and timeout.
+func call[T any](ctx context.Context, timeout time.Duration, what string, f func() (T, error)) (T, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := f()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return r.v, fmt.Errorf("%s: %w", what, r.err)
+		}
+		return r.v, nil
+	case <-ctx.Done():
+		var zero T
+		return zero, fmt.Errorf("%s: %w after %v: %w", what, ErrTimeout, timeout, ctx.Err())
+	}
+}
+
+func (c *Conn) do(ctx context.Context, what string, f func() error) error {
+	_, err := call(ctx, c.timeout, what, func() (struct{}, error) { return struct{}{}, f() })
+	return err
+}
+
+// Connect opens backend b. cephx credentials come from b.User and b.Keyring.
+func Connect(ctx context.Context, b config.Backend, timeout time.Duration) (*Conn, error) {
+	conn, err := rados.NewConnWithUser(b.User)
+	if err != nil {
+		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
+	}
+	if err := conn.ReadConfigFile(b.CephConf); err != nil {
+		conn.Shutdown()
+		return nil, fmt.Errorf("backend %q: reading %s: %w", b.Name, b.CephConf, err)
+	}
+	secs := strconv.Itoa(int(timeout.Seconds()))
+	for k, v := range map[string]string{
+		"keyring":              b.Keyring,
+		"rados_osd_op_timeout": secs,
+		"rados_mon_op_timeout": secs,
+		"client_mount_timeout": secs,
+		"log_to_stderr":        "false",
+		"err_to_stderr":        "false",
+	} {
+		if err := conn.SetConfigOption(k, v); err != nil {
+			conn.Shutdown()
+			return nil, fmt.Errorf("backend %q: setting %s: %w", b.Name, k, err)
+		}
+	}
+	c := &Conn{name: b.Name, conn: conn, pool: b.Pool, timeout: timeout}
+	if err := c.do(ctx, "connecting to "+b.CephConf+" as client."+b.User, conn.Connect); err != nil {
+		go conn.Shutdown()
+		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
+	}
+	fsid, err := call(ctx, timeout, "reading fsid", conn.GetFSID)
+	if err != nil {
+		go conn.Shutdown()
+		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
+	}
+	ioctx, err := call(ctx, timeout, "opening pool "+b.Pool, func() (*rados.IOContext, error) { return conn.OpenIOContext(b.Pool) })
+	if err != nil {
+		go conn.Shutdown()
+		return nil, fmt.Errorf("backend %q: pool %q: %w", b.Name, b.Pool, err)
+	}
+	c.fsid, c.ioctx, c.poolID = fsid, ioctx, ioctx.GetPoolID()
+	return c, nil
+}
+
+// ClusterID is the cluster's fsid.
+func (c *Conn) ClusterID() string { return c.fsid }
+
+// PoolID is the backend pool's ID.
+func (c *Conn) PoolID() int64 { return c.poolID }
+
+// Close releases the connection.
+func (c *Conn) Close() {
+	c.ioctx.Destroy()
+	c.conn.Shutdown()
+}
+
+// Stats reads the pool's capacity the way Cinder's RBD driver reports it:
+// free = the pool's max_avail, total = what the pool stores plus max_avail.
+func (c *Conn) Stats(ctx context.Context) (backend.Stats, error) {
+	out, err := call(ctx, c.timeout, "ceph df", func() ([]byte, error) {
+		buf, _, err := c.conn.MonCommand([]byte(`{"prefix":"df","format":"json"}`))
+		return buf, err
+	})
+	if err != nil {
+		return backend.Stats{}, err
+	}
+	var df struct {
+		Pools []struct {
+			Name  string `json:"name"`
+			Stats struct {
+				Stored   uint64 `json:"stored"`
+				MaxAvail uint64 `json:"max_avail"`
+			} `json:"stats"`
+		} `json:"pools"`
+	}
+	if err := json.Unmarshal(out, &df); err != nil {
+		return backend.Stats{}, fmt.Errorf("parsing ceph df: %w", err)
+	}
+	for _, p := range df.Pools {
+		if p.Name == c.pool {
+			return backend.Stats{TotalBytes: p.Stats.Stored + p.Stats.MaxAvail, FreeBytes: p.Stats.MaxAvail}, nil
+		}
+	}
+	return backend.Stats{}, fmt.Errorf("pool %q is not in ceph df", c.pool)
+}
+
+// translate maps go-ceph errors onto backend's sentinel errors.
+func translate(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, rbd.ErrNotFound), errors.Is(err, rados.ErrNotFound):
+		return fmt.Errorf("%w: %v", backend.ErrNotFound, err)
+	case errors.Is(err, rbd.ErrImageIsOpen), isErrno(err, 16): // EBUSY
+		return fmt.Errorf("%w: %v", backend.ErrBusy, err)
+	}
+	return err
+}
+
+func isErrno(err error, n int) bool {
+	var e interface{ ErrorCode() int }
+	return errors.As(err, &e) && (e.ErrorCode() == -n || e.ErrorCode() == n)
+}

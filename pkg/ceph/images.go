@@ -1,0 +1,193 @@
+package ceph
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/ceph/go-ceph/rados"
+	"github.com/ceph/go-ceph/rbd"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
+)
+
+// Features of images Basalt creates: layering only, which every mapper
+// (krbd included) supports and which cloning needs.
+const imageFeatures = rbd.FeatureLayering
+
+func (c *Conn) imageOptions() *rbd.ImageOptions {
+	opts := rbd.NewRbdImageOptions()
+	_ = opts.SetUint64(rbd.ImageOptionFeatures, imageFeatures)
+	return opts
+}
+
+// poolIoctx opens another pool of this cluster (a golden image's pool).
+func (c *Conn) poolIoctx(ctx context.Context, pool string) (*rados.IOContext, error) {
+	if pool == c.pool {
+		return c.ioctx, nil
+	}
+	ioctx, err := call(ctx, c.timeout, "opening pool "+pool, func() (*rados.IOContext, error) { return c.conn.OpenIOContext(pool) })
+	return ioctx, translate(err)
+}
+
+func (c *Conn) releaseIoctx(ioctx *rados.IOContext) {
+	if ioctx != c.ioctx {
+		ioctx.Destroy()
+	}
+}
+
+// SnapshotSize implements backend.Cluster.
+func (c *Conn) SnapshotSize(ctx context.Context, spec backend.ImageSpec) (uint64, error) {
+	ioctx, err := c.poolIoctx(ctx, spec.Pool)
+	if err != nil {
+		return 0, err
+	}
+	defer c.releaseIoctx(ioctx)
+	return call(ctx, c.timeout, "inspecting "+spec.String(), func() (uint64, error) {
+		img, err := rbd.OpenImageReadOnly(ioctx, spec.Image, spec.Snap)
+		if err != nil {
+			return 0, translate(err)
+		}
+		defer img.Close()
+		protected, err := img.GetSnapshot(spec.Snap).IsProtected()
+		if err != nil {
+			return 0, translate(err)
+		}
+		if !protected {
+			return 0, fmt.Errorf("%s: %w (run: rbd snap protect %s)", spec, backend.ErrNotProtected, spec)
+		}
+		return img.GetSize()
+	})
+}
+
+// Clone implements backend.Cluster.
+func (c *Conn) Clone(ctx context.Context, spec backend.ImageSpec, dst string) error {
+	src, err := c.poolIoctx(ctx, spec.Pool)
+	if err != nil {
+		return err
+	}
+	defer c.releaseIoctx(src)
+	return translate(c.do(ctx, fmt.Sprintf("cloning %s to %s/%s", spec, c.pool, dst), func() error {
+		opts := c.imageOptions()
+		defer opts.Destroy()
+		return rbd.CloneImage(src, spec.Image, spec.Snap, c.ioctx, dst, opts)
+	}))
+}
+
+// CreateImage implements backend.Cluster.
+func (c *Conn) CreateImage(ctx context.Context, name string, size uint64) error {
+	return translate(c.do(ctx, fmt.Sprintf("creating %s/%s", c.pool, name), func() error {
+		opts := c.imageOptions()
+		defer opts.Destroy()
+		return rbd.CreateImage(c.ioctx, name, size, opts)
+	}))
+}
+
+// withImage opens name in the backend pool for the duration of f.
+func (c *Conn) withImage(ctx context.Context, what, name string, readOnly bool, f func(*rbd.Image) error) error {
+	return translate(c.do(ctx, fmt.Sprintf("%s %s/%s", what, c.pool, name), func() error {
+		var img *rbd.Image
+		var err error
+		if readOnly {
+			img, err = rbd.OpenImageReadOnly(c.ioctx, name, rbd.NoSnapshot)
+		} else {
+			img, err = rbd.OpenImage(c.ioctx, name, rbd.NoSnapshot)
+		}
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		return f(img)
+	}))
+}
+
+// Resize implements backend.Cluster.
+func (c *Conn) Resize(ctx context.Context, name string, size uint64) error {
+	return c.withImage(ctx, "resizing", name, false, func(img *rbd.Image) error {
+		cur, err := img.GetSize()
+		if err != nil || cur == size {
+			return err
+		}
+		return img.Resize(size)
+	})
+}
+
+// SetMetadata implements backend.Cluster.
+func (c *Conn) SetMetadata(ctx context.Context, name string, kv map[string]string) error {
+	keys := make([]string, 0, len(kv))
+	for k := range kv {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return c.withImage(ctx, "writing metadata of", name, false, func(img *rbd.Image) error {
+		for _, k := range keys {
+			if err := img.SetMetadata(k, kv[k]); err != nil {
+				return fmt.Errorf("key %s: %w", k, err)
+			}
+		}
+		return nil
+	})
+}
+
+// StatImage implements backend.Cluster.
+func (c *Conn) StatImage(ctx context.Context, name string) (backend.ImageInfo, error) {
+	var info backend.ImageInfo
+	err := c.withImage(ctx, "inspecting", name, true, func(img *rbd.Image) error {
+		size, err := img.GetSize()
+		if err != nil {
+			return err
+		}
+		md, err := img.ListMetadata()
+		if err != nil {
+			return err
+		}
+		info = backend.ImageInfo{SizeBytes: size, Metadata: md}
+		return nil
+	})
+	return info, err
+}
+
+// Usage implements backend.Cluster. The image is opened read-only so that
+// Basalt's own open does not count as a watcher.
+func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
+	var u backend.Usage
+	err := c.withImage(ctx, "checking users of", name, true, func(img *rbd.Image) error {
+		snaps, err := img.GetSnapshotNames()
+		if err != nil {
+			return err
+		}
+		for _, s := range snaps {
+			if err := img.SetSnapshot(s.Name); err != nil {
+				return err
+			}
+			pools, images, err := img.ListChildren()
+			if err != nil {
+				return err
+			}
+			for i := range images {
+				u.Children = append(u.Children, pools[i]+"/"+images[i])
+			}
+		}
+		if err := img.SetSnapshot(rbd.NoSnapshot); err != nil {
+			return err
+		}
+		w, err := img.ListWatchers()
+		if err != nil {
+			return err
+		}
+		u.Watchers = len(w)
+		return nil
+	})
+	return u, err
+}
+
+// RemoveImage implements backend.Cluster.
+func (c *Conn) RemoveImage(ctx context.Context, name string) error {
+	err := translate(c.do(ctx, fmt.Sprintf("removing %s/%s", c.pool, name), func() error {
+		return rbd.RemoveImage(c.ioctx, name)
+	}))
+	if err != nil && isNotFound(err) {
+		return nil
+	}
+	return err
+}

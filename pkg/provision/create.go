@@ -1,0 +1,390 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strings"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/flow"
+	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/scheduler"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
+)
+
+// Image metadata keys Basalt writes on every volume.
+const (
+	MetaName         = "basalt.name"
+	MetaSource       = "basalt.source"
+	MetaSourceFSID   = "basalt.source-fsid"
+	MetaSourceMethod = "basalt.source-method" // clone, copy or blank
+	MetaPVCName      = "basalt.pvc-name"
+	MetaPVCNamespace = "basalt.pvc-namespace"
+	MetaPVName       = "basalt.pv-name"
+)
+
+// Request is a validated CreateVolume.
+type Request struct {
+	Name          string
+	RequiredBytes uint64 // 0 = no minimum
+	LimitBytes    uint64 // 0 = no maximum
+	Image         *backend.ImageSpec
+	// Params are the parameters that define the volume; a retry with other
+	// values under the same name is AlreadyExists.
+	Params   map[string]string
+	Metadata map[string]string // extra image metadata (PVC name, ...)
+	Sched    scheduler.Request // placement constraints; size and image are filled in here
+}
+
+// Volume is what was created.
+type Volume struct {
+	ID        volumeid.ID
+	Backend   string
+	Zone      string
+	SizeBytes uint64
+	Source    string
+}
+
+// Provisioner runs the flows.
+type Provisioner struct {
+	Backends *backend.Manager
+	Attempts int
+	Log      *slog.Logger
+}
+
+const (
+	mib          = 1 << 20
+	defaultBlank = 1 << 30
+)
+
+// RoundUp rounds n up to whole MiB, RBD's granularity here.
+func RoundUp(n uint64) uint64 { return (n + mib - 1) / mib * mib }
+
+func (p *Provisioner) registry() (*records.Registry, error) {
+	reg, err := p.Backends.Registry()
+	if err != nil {
+		return nil, errorf(Unavailable, err, "the registry backend %q, which holds volume name reservations, is unreachable", p.Backends.Config().RegistryBackend)
+	}
+	return records.NewRegistry(reg), nil
+}
+
+// Create is CreateVolume. It is idempotent by name.
+func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
+	log := p.Log.With("name", req.Name)
+	reg, err := p.registry()
+	if err != nil {
+		return Volume{}, err
+	}
+
+	// Find the golden image before sizing: its size is the default size and the minimum.
+	var imageClusters map[string]bool
+	var imageSize uint64
+	var sources map[string]backend.Cluster
+	if req.Image != nil {
+		imageClusters, imageSize, sources, err = p.findImage(ctx, *req.Image)
+		if err != nil {
+			return Volume{}, err
+		}
+	}
+	size, err := chooseSize(req, imageSize)
+	if err != nil {
+		return Volume{}, err
+	}
+
+	// Step: reserve the name. Compare with an existing reservation first.
+	fresh := records.Reservation{Name: req.Name, State: records.StateCreating, SizeBytes: size, Params: req.Params}
+	res, created, err := reserve(ctx, reg, fresh)
+	if err != nil {
+		return Volume{}, classify(err, "reserving the volume name")
+	}
+	if !created {
+		if err := compatible(res, req); err != nil {
+			return Volume{}, err
+		}
+		if res.State == records.StateReady {
+			if v, ok := p.existing(ctx, reg, res); ok {
+				log.Info("volume already exists for this name", "volume", res.VolumeID)
+				return v, nil
+			}
+		}
+		log.Info("resuming an interrupted create", "uuid", res.UUID, "backend", res.Backend)
+		size = res.SizeBytes
+		if err := p.discardPartial(ctx, reg, &res); err != nil {
+			return Volume{}, err
+		}
+	}
+
+	v, err := p.place(ctx, log, reg, &res, req, size, imageClusters, sources)
+	if err != nil {
+		// Revert the reservation: a later retry starts afresh.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flow.UndoTimeout)
+		if rerr := reg.Release(uctx, req.Name, res.UUID); rerr != nil {
+			log.Error("could not release the name reservation", "error", rerr)
+		}
+		cancel()
+		return Volume{}, err
+	}
+	return v, nil
+}
+
+func reserve(ctx context.Context, reg *records.Registry, r records.Reservation) (records.Reservation, bool, error) {
+	r.UUID = volumeid.NewUUID()
+	return reg.Reserve(ctx, r)
+}
+
+func chooseSize(req Request, imageSize uint64) (uint64, error) {
+	size := RoundUp(req.RequiredBytes)
+	if size == 0 {
+		size = RoundUp(imageSize)
+		if size == 0 {
+			size = defaultBlank
+		}
+		if req.LimitBytes != 0 && size > req.LimitBytes {
+			size = req.LimitBytes / mib * mib
+		}
+	}
+	if req.LimitBytes != 0 && size > req.LimitBytes {
+		return 0, errorf(OutOfRange, nil, "required_bytes %d rounded up to whole MiB is %d, above limit_bytes %d", req.RequiredBytes, size, req.LimitBytes)
+	}
+	if size == 0 {
+		return 0, errorf(OutOfRange, nil, "limit_bytes %d is less than 1 MiB, the smallest volume", req.LimitBytes)
+	}
+	if size < imageSize {
+		return 0, errorf(OutOfRange, nil, "the volume (%d bytes) would be smaller than image %s (%d bytes)", size, req.Image, imageSize)
+	}
+	return size, nil
+}
+
+// compatible decides whether a retry under an existing name asks for the same volume.
+func compatible(res records.Reservation, req Request) error {
+	if !maps.Equal(res.Params, req.Params) && !(len(res.Params) == 0 && len(req.Params) == 0) {
+		return errorf(AlreadyExists, nil, "volume name %q is already used by a volume with other parameters (%v, requested %v)", req.Name, res.Params, req.Params)
+	}
+	if res.SizeBytes < req.RequiredBytes || (req.LimitBytes != 0 && res.SizeBytes > req.LimitBytes) {
+		return errorf(AlreadyExists, nil, "volume name %q is already used by a volume of %d bytes, outside the requested range [%d, %d]", req.Name, res.SizeBytes, req.RequiredBytes, req.LimitBytes)
+	}
+	return nil
+}
+
+// existing returns the volume of a ready reservation if its image is really there.
+func (p *Provisioner) existing(ctx context.Context, reg *records.Registry, res records.Reservation) (Volume, bool) {
+	id, err := volumeid.Parse(res.VolumeID)
+	if err != nil {
+		return Volume{}, false
+	}
+	name, cl, err := p.Backends.Locate(id.FSID, id.PoolID)
+	if err != nil {
+		return Volume{}, false
+	}
+	info, err := cl.StatImage(ctx, id.ImageName())
+	if err != nil {
+		return Volume{}, false
+	}
+	_, bcfg, _ := p.Backends.Get(name)
+	return Volume{ID: id, Backend: name, Zone: bcfg.Zone, SizeBytes: info.SizeBytes, Source: info.Metadata[MetaSource]}, true
+}
+
+// discardPartial removes what an interrupted attempt may have left.
+func (p *Provisioner) discardPartial(ctx context.Context, reg *records.Registry, res *records.Reservation) error {
+	if res.Backend == "" {
+		return nil
+	}
+	cl, _, err := p.Backends.Get(res.Backend)
+	if err != nil {
+		return errorf(Unavailable, err, "an interrupted create of %q left work on backend %q, which is unreachable", res.Name, res.Backend)
+	}
+	if err := cl.RemoveImage(ctx, volumeid.ImagePrefix+res.UUID); err != nil {
+		return classify(err, "removing the image of an interrupted create")
+	}
+	if res.VolumeID != "" {
+		if err := reg.UnindexVolume(ctx, res.VolumeID); err != nil {
+			return classify(err, "unindexing an interrupted create")
+		}
+	}
+	res.Backend, res.VolumeID, res.State = "", "", records.StateCreating
+	return classify(reg.Save(ctx, res), "resetting the reservation")
+}
+
+// place schedules and creates, rescheduling to the next backend on failure.
+func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.Registry, res *records.Reservation,
+	req Request, size uint64, imageClusters map[string]bool, sources map[string]backend.Cluster) (Volume, error) {
+	sreq := req.Sched
+	sreq.SizeBytes = size
+	sreq.ImageClusters = imageClusters
+	tried := map[string]bool{}
+	var failures []string
+	for attempt := 1; attempt <= max(1, p.Attempts); attempt++ {
+		cands, err := p.Backends.Scheduler().Place(sreq)
+		if err != nil {
+			if len(failures) > 0 {
+				break
+			}
+			return Volume{}, errorf(ResourceExhausted, nil, "%v", err)
+		}
+		var cand *scheduler.Candidate
+		for i := range cands {
+			if !tried[cands[i].Backend.Name] {
+				cand = &cands[i]
+				break
+			}
+		}
+		if cand == nil {
+			break
+		}
+		name := cand.Backend.Name
+		tried[name] = true
+		log.Info("scheduled", "backend", name, "attempt", attempt, "zone", cand.Backend.Zone, "local", cand.Local, "virtualFree", cand.VirtualFree)
+		v, err := p.createOn(ctx, log, reg, res, req, size, name, cand.Local, sources)
+		if err == nil {
+			return v, nil
+		}
+		failures = append(failures, fmt.Sprintf("%s: %v", name, err))
+		if ctx.Err() != nil {
+			break
+		}
+		log.Warn("create failed on backend; rescheduling", "backend", name, "attempt", attempt, "error", err)
+	}
+	if ctx.Err() != nil {
+		return Volume{}, errorf(DeadlineExceeded, ctx.Err(), "creating %q did not finish in time (tried %s)", req.Name, strings.Join(failures, "; "))
+	}
+	return Volume{}, errorf(Internal, nil, "creating %q failed on every backend tried: %s", req.Name, strings.Join(failures, "; "))
+}
+
+// createOn runs the volume-service steps on one backend, each with its undo.
+func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *records.Registry, res *records.Reservation,
+	req Request, size uint64, bname string, local bool, sources map[string]backend.Cluster) (Volume, error) {
+	cl, bcfg, err := p.Backends.Get(bname)
+	if err != nil {
+		return Volume{}, err
+	}
+	id, err := volumeid.New(cl.ClusterID(), cl.PoolID())
+	if err != nil {
+		return Volume{}, err
+	}
+	id.UUID = res.UUID
+	image := id.ImageName()
+	sched := p.Backends.Scheduler()
+	method := "blank"
+	meta := map[string]string{MetaName: req.Name}
+	maps.Copy(meta, req.Metadata)
+	if req.Image != nil {
+		meta[MetaSource] = req.Image.String()
+		if local {
+			method = "clone"
+			meta[MetaSourceFSID] = cl.ClusterID()
+		} else {
+			method = "copy"
+		}
+	}
+	meta[MetaSourceMethod] = method
+
+	steps := []flow.Step{
+		{
+			Name: "record placement",
+			Do: func(ctx context.Context) error {
+				res.Backend = bname
+				return reg.Save(ctx, res)
+			},
+		},
+		{
+			Name: "account capacity",
+			Do:   func(context.Context) error { sched.Consume(bname, size); return nil },
+			Undo: func(context.Context) error { sched.Release(bname, size); return nil },
+		},
+		{
+			Name: method + " image",
+			Do: func(ctx context.Context) error {
+				switch method {
+				case "clone":
+					return cl.Clone(ctx, *req.Image, image)
+				case "copy":
+					src := pickSource(sources)
+					if src == nil {
+						return fmt.Errorf("image %s is in no reachable cluster", req.Image)
+					}
+					return cl.CopyFrom(ctx, src, *req.Image, image)
+				}
+				return cl.CreateImage(ctx, image, size)
+			},
+			Undo: func(ctx context.Context) error { return cl.RemoveImage(ctx, image) },
+		},
+		{Name: "resize", Do: func(ctx context.Context) error { return cl.Resize(ctx, image, size) }},
+		{Name: "write metadata", Do: func(ctx context.Context) error { return cl.SetMetadata(ctx, image, meta) }},
+		{
+			Name: "index volume",
+			Do: func(ctx context.Context) error {
+				return reg.IndexVolume(ctx, records.VolumeEntry{
+					VolumeID: id.String(), Name: req.Name, Backend: bname, Zone: bcfg.Zone,
+					SizeBytes: size, Source: meta[MetaSource], Created: res.Created,
+				})
+			},
+			Undo: func(ctx context.Context) error { return reg.UnindexVolume(ctx, id.String()) },
+		},
+		{
+			Name: "mark ready",
+			Do: func(ctx context.Context) error {
+				res.State, res.VolumeID = records.StateReady, id.String()
+				return reg.Save(ctx, res)
+			},
+		},
+	}
+	if err := flow.Run(ctx, log.With("backend", bname, "volume", id.String()), steps...); err != nil {
+		return Volume{}, err
+	}
+	log.Info("volume created", "volume", id.String(), "backend", bname, "method", method, "size", size)
+	return Volume{ID: id, Backend: bname, Zone: bcfg.Zone, SizeBytes: size, Source: meta[MetaSource]}, nil
+}
+
+// findImage looks for the golden image in every reachable cluster.
+func (p *Provisioner) findImage(ctx context.Context, spec backend.ImageSpec) (map[string]bool, uint64, map[string]backend.Cluster, error) {
+	found := map[string]bool{}
+	sources := map[string]backend.Cluster{}
+	var size uint64
+	var problems []string
+	for fsid, cl := range p.Backends.Clusters() {
+		s, err := cl.SnapshotSize(ctx, spec)
+		switch {
+		case err == nil:
+			found[fsid], sources[fsid], size = true, cl, s
+		case errors.Is(err, backend.ErrNotProtected):
+			return nil, 0, nil, errorf(FailedPrecondition, err, "image %s cannot be cloned", spec)
+		case errors.Is(err, backend.ErrNotFound):
+		default:
+			problems = append(problems, fmt.Sprintf("cluster %s: %v", fsid, err))
+		}
+	}
+	if len(found) == 0 {
+		if len(problems) > 0 {
+			return nil, 0, nil, errorf(Unavailable, nil, "image %s was not found, and some clusters could not be searched: %s", spec, strings.Join(problems, "; "))
+		}
+		return nil, 0, nil, errorf(NotFound, nil, "image %s was not found in any reachable cluster (it must be a protected snapshot: rbd snap create/protect)", spec)
+	}
+	return found, size, sources, nil
+}
+
+func pickSource(sources map[string]backend.Cluster) backend.Cluster {
+	for _, c := range sources {
+		return c
+	}
+	return nil
+}
+
+// classify turns a backend/records error into a provision error.
+func classify(err error, what string) error {
+	if err == nil {
+		return nil
+	}
+	var pe *Error
+	switch {
+	case errors.As(err, &pe):
+		return err
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return errorf(DeadlineExceeded, err, "%s", what)
+	case errors.Is(err, backend.ErrDown):
+		return errorf(Unavailable, err, "%s", what)
+	}
+	return errorf(Internal, err, "%s", what)
+}

@@ -1,0 +1,96 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
+)
+
+// Lookup finds the backend of a volume ID. A malformed ID, or one from a
+// cluster no backend serves, is NotFound; a backend that is down is Unavailable.
+func (p *Provisioner) Lookup(volumeID string) (volumeid.ID, string, backend.Cluster, error) {
+	id, err := volumeid.Parse(volumeID)
+	if err != nil {
+		return id, "", nil, errorf(NotFound, err, "volume %q does not exist", volumeID)
+	}
+	name, cl, err := p.Backends.Locate(id.FSID, id.PoolID)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		return id, "", nil, errorf(NotFound, nil, "volume %q does not exist: no configured backend serves its cluster and pool", volumeID)
+	case err != nil:
+		return id, name, nil, errorf(Unavailable, err, "cannot reach the backend of volume %q", volumeID)
+	}
+	return id, name, cl, nil
+}
+
+// Stat returns the volume's image information, NotFound if absent.
+func (p *Provisioner) Stat(ctx context.Context, volumeID string) (volumeid.ID, string, backend.ImageInfo, error) {
+	id, name, cl, err := p.Lookup(volumeID)
+	if err != nil {
+		return id, name, backend.ImageInfo{}, err
+	}
+	info, err := cl.StatImage(ctx, id.ImageName())
+	if errors.Is(err, backend.ErrNotFound) {
+		return id, name, info, errorf(NotFound, nil, "volume %q does not exist", volumeID)
+	}
+	return id, name, info, classify(err, "inspecting volume "+volumeID)
+}
+
+// Delete is DeleteVolume: idempotent, refuses volumes in use.
+func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
+	log := p.Log.With("volume", volumeID)
+	id, bname, cl, err := p.Lookup(volumeID)
+	var pe *Error
+	if errors.As(err, &pe) && pe.Kind == NotFound {
+		log.Info("delete of an unknown volume: nothing to do", "reason", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	reg, err := p.registry()
+	if err != nil {
+		return err
+	}
+	image := id.ImageName()
+	usage, err := cl.Usage(ctx, image)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		// Already gone; finish removing the records below.
+	case err != nil:
+		return classify(err, "checking whether volume "+volumeID+" is in use")
+	case len(usage.Children) > 0:
+		return errorf(FailedPrecondition, nil, "volume %s has clones (%s); delete them first", volumeID, strings.Join(usage.Children, ", "))
+	case usage.Watchers > 0:
+		return errorf(FailedPrecondition, nil, "volume %s is open by %d client(s) (still mapped on a node?); unmap it first", volumeID, usage.Watchers)
+	}
+	entry, ierr := reg.Volume(ctx, volumeID)
+	if ierr != nil && !errors.Is(ierr, records.ErrNotFound) {
+		return classify(ierr, "reading the volume index")
+	}
+	if err := cl.RemoveImage(ctx, image); err != nil {
+		if errors.Is(err, backend.ErrBusy) {
+			return errorf(FailedPrecondition, err, "volume %s is in use", volumeID)
+		}
+		return classify(err, "removing the image of "+volumeID)
+	}
+	if ierr == nil {
+		if err := reg.Release(ctx, entry.Name, id.UUID); err != nil {
+			return classify(err, "releasing the name reservation")
+		}
+		if err := reg.UnindexVolume(ctx, volumeID); err != nil {
+			return classify(err, "unindexing the volume")
+		}
+		p.Backends.Scheduler().Release(bname, entry.SizeBytes)
+	}
+	log.Info("volume deleted", "backend", bname, "image", image)
+	return nil
+}
+
+// String helps logs.
+func (v Volume) String() string { return fmt.Sprintf("%s on %s (%d bytes)", v.ID, v.Backend, v.SizeBytes) }

@@ -1,0 +1,211 @@
+package records
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Object names in the registry backend's pool (namespace chosen by the store).
+const (
+	volumeIndexOID    = "basalt.volumes"
+	reservationPrefix = "basalt.name."
+)
+
+// Reservation states.
+const (
+	StateCreating = "creating"
+	StateReady    = "ready"
+)
+
+// Reservation binds a CreateVolume request name to one volume for good.
+type Reservation struct {
+	Name      string            `json:"name"`
+	UUID      string            `json:"uuid"`
+	State     string            `json:"state"`
+	SizeBytes uint64            `json:"sizeBytes"`
+	Params    map[string]string `json:"params,omitempty"`
+	Backend   string            `json:"backend,omitempty"`
+	VolumeID  string            `json:"volumeID,omitempty"`
+	Created   time.Time         `json:"created"`
+	Updated   time.Time         `json:"updated"`
+
+	version uint64
+}
+
+// VolumeEntry is one volume in the index that ListVolumes pages through.
+type VolumeEntry struct {
+	VolumeID  string    `json:"volumeID"`
+	Name      string    `json:"name"`
+	Backend   string    `json:"backend"`
+	Zone      string    `json:"zone"`
+	SizeBytes uint64    `json:"sizeBytes"`
+	Source    string    `json:"source,omitempty"`
+	Created   time.Time `json:"created"`
+}
+
+// Registry is the typed view of the records on one Store.
+type Registry struct {
+	Store Store
+	now   func() time.Time
+}
+
+// NewRegistry wraps a store.
+func NewRegistry(s Store) *Registry { return &Registry{Store: s, now: time.Now} }
+
+// reservationOID hashes the name: CSI names may be up to 128 arbitrary bytes,
+// RADOS object names should stay short and printable.
+func reservationOID(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return reservationPrefix + hex.EncodeToString(sum[:20])
+}
+
+// Reserve creates the reservation for r.Name, or returns the one that already
+// exists (created=false). Exactly one of several concurrent callers creates it.
+func (g *Registry) Reserve(ctx context.Context, r Reservation) (Reservation, bool, error) {
+	now := g.now().UTC()
+	r.Created, r.Updated = now, now
+	data, err := json.Marshal(r)
+	if err != nil {
+		return Reservation{}, false, err
+	}
+	err = g.Store.Create(ctx, reservationOID(r.Name), data)
+	if err == nil {
+		existing, err := g.Reservation(ctx, r.Name)
+		return existing, true, err
+	}
+	if !errors.Is(err, ErrExists) {
+		return Reservation{}, false, fmt.Errorf("reserving name %q: %w", r.Name, err)
+	}
+	existing, err := g.Reservation(ctx, r.Name)
+	return existing, false, err
+}
+
+// Reservation loads the reservation of name.
+func (g *Registry) Reservation(ctx context.Context, name string) (Reservation, error) {
+	data, ver, err := g.Store.Get(ctx, reservationOID(name))
+	if err != nil {
+		return Reservation{}, err
+	}
+	var r Reservation
+	if err := json.Unmarshal(data, &r); err != nil {
+		return Reservation{}, fmt.Errorf("reservation of %q is corrupt: %w", name, err)
+	}
+	if r.Name != name {
+		return Reservation{}, fmt.Errorf("reservation object of %q holds name %q (hash collision?)", name, r.Name)
+	}
+	r.version = ver
+	return r, nil
+}
+
+// Save writes r back if nobody changed it since it was loaded.
+func (g *Registry) Save(ctx context.Context, r *Reservation) error {
+	r.Updated = g.now().UTC()
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := g.Store.Update(ctx, reservationOID(r.Name), r.version, data); err != nil {
+		return fmt.Errorf("updating reservation of %q: %w", r.Name, err)
+	}
+	fresh, err := g.Reservation(ctx, r.Name)
+	if err != nil {
+		return err
+	}
+	*r = fresh
+	return nil
+}
+
+// Release deletes the reservation of name, if it still belongs to uuid.
+func (g *Registry) Release(ctx context.Context, name, uuid string) error {
+	r, err := g.Reservation(ctx, name)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if r.UUID != uuid {
+		return nil
+	}
+	return g.Store.Delete(ctx, reservationOID(name))
+}
+
+// IndexVolume adds (or refreshes) a volume in the index.
+func (g *Registry) IndexVolume(ctx context.Context, e VolumeEntry) error {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return g.Store.IndexSet(ctx, volumeIndexOID, map[string][]byte{e.VolumeID: data})
+}
+
+// UnindexVolume removes a volume from the index.
+func (g *Registry) UnindexVolume(ctx context.Context, volumeID string) error {
+	return g.Store.IndexRemove(ctx, volumeIndexOID, volumeID)
+}
+
+// Volume returns the index entry of volumeID, or ErrNotFound.
+func (g *Registry) Volume(ctx context.Context, volumeID string) (VolumeEntry, error) {
+	kv, err := g.Store.IndexGet(ctx, volumeIndexOID, volumeID)
+	if err != nil {
+		return VolumeEntry{}, err
+	}
+	data, ok := kv[volumeID]
+	if !ok {
+		return VolumeEntry{}, ErrNotFound
+	}
+	var e VolumeEntry
+	if err := json.Unmarshal(data, &e); err != nil {
+		return VolumeEntry{}, fmt.Errorf("index entry of %s is corrupt: %w", volumeID, err)
+	}
+	return e, nil
+}
+
+// Volumes returns up to max index entries after startAfter, and the token for
+// the next page ("" at the end). Its cost is proportional to max.
+func (g *Registry) Volumes(ctx context.Context, startAfter string, max int) ([]VolumeEntry, string, error) {
+	// Ask for one more than needed to know whether another page exists.
+	kvs, err := g.Store.IndexList(ctx, volumeIndexOID, startAfter, max+1)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(kvs) > max {
+		kvs = kvs[:max]
+		next = kvs[max-1].Key
+	}
+	out := make([]VolumeEntry, 0, len(kvs))
+	for _, kv := range kvs {
+		var e VolumeEntry
+		if err := json.Unmarshal(kv.Value, &e); err != nil {
+			return nil, "", fmt.Errorf("index entry of %s is corrupt: %w", kv.Key, err)
+		}
+		out = append(out, e)
+	}
+	return out, next, nil
+}
+
+// ProvisionedByBackend sums the sizes of indexed volumes per backend: the
+// provisioned capacity the thin-provisioning filter charges against.
+func (g *Registry) ProvisionedByBackend(ctx context.Context) (map[string]uint64, error) {
+	sums := map[string]uint64{}
+	after := ""
+	for {
+		page, next, err := g.Volumes(ctx, after, 1000)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range page {
+			sums[e.Backend] += e.SizeBytes
+		}
+		if next == "" {
+			return sums, nil
+		}
+		after = next
+	}
+}
