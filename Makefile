@@ -1,0 +1,39 @@
+# Basalt — see README.md. Every target installs what it needs (idempotently).
+SHELL      := /bin/bash
+GO         ?= go
+TAGS       := pacific
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS    := -X main.version=$(VERSION)
+export PATH := $(PATH):/usr/local/go/bin
+export GOFLAGS := -tags=$(TAGS)
+
+.PHONY: all deps build run test unit integration lint clean
+
+all: build
+
+deps:
+	@test/install-deps.sh
+
+build: deps
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/basalt-csi ./cmd/basalt-csi
+
+# Starts a local Ceph cluster with a golden image and serves on a unix socket.
+run: build
+	test/run-local.sh
+
+lint:
+	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 ./pkg/...
+
+# Integration tests start their own Ceph clusters through test/ceph-cluster.sh.
+integration: build
+	$(GO) test -count=1 -timeout 30m -v ./test/integration/... 2>&1 | tee _output/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+
+test: deps lint unit integration
+
+clean:
+	-test/ceph-cluster.sh stop-all
+	rm -rf bin _output
