@@ -7,7 +7,7 @@
 # usage: test/golden-image.sh CEPH_CONF POOL NAME SNAP [SIZE_MB] [TEXT]
 set -euo pipefail
 conf=$1 pool=$2 name=$3 snap=$4 size=${5:-64} text=${6:-"hello from the basalt golden image"}
-rbd() { timeout 60 command rbd -c "$conf" "$@"; }
+rbd() { timeout 60 /usr/bin/rbd -c "$conf" "$@"; }
 
 if rbd snap ls "$pool/$name" 2>/dev/null | awk '{print $2}' | grep -qx "$snap"; then
   rbd snap protect "$pool/$name@$snap" 2>/dev/null || true

@@ -5,12 +5,13 @@
 # it installs only what is missing and prints nothing when all is there.
 set -euo pipefail
 
-packages=(
-  ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev rbd-fuse rbd-nbd
-  e2fsprogs xfsprogs util-linux mount fuse3 gcc make git
-)
+mapfile -t packages < <(grep -v '^#' "$(dirname "$0")/packages.txt" | grep .)
 missing=()
 for p in "${packages[@]}"; do
+  # fuse3 Breaks/Replaces fuse and still provides what rbd-fuse needs.
+  if [ "$p" = fuse ] && dpkg-query -W -f='${Status}' fuse3 2>/dev/null | grep -q "install ok installed"; then
+    continue
+  fi
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi

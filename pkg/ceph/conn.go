@@ -171,6 +171,11 @@ func translate(err error) error {
 }
 
 func isErrno(err error, n int) bool {
+	// Compound operations wrap the errno in an OperationError without Unwrap.
+	var op rados.OperationError
+	if errors.As(err, &op) && op.OpError != nil {
+		err = op.OpError
+	}
 	var e interface{ ErrorCode() int }
 	return errors.As(err, &e) && (e.ErrorCode() == -n || e.ErrorCode() == n)
 }

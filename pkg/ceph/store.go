@@ -42,9 +42,9 @@ func (c *Conn) withRecords(ctx context.Context, what, oid string, f func(*rados.
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, rados.ErrNotFound):
+	case errors.Is(err, rados.ErrNotFound), isErrno(err, 2): // ENOENT
 		return fmt.Errorf("%w: %v", records.ErrNotFound, err)
-	case errors.Is(err, rados.ErrObjectExists):
+	case errors.Is(err, rados.ErrObjectExists), isErrno(err, 17): // EEXIST
 		return fmt.Errorf("%w: %v", records.ErrExists, err)
 	case isErrno(err, 75): // EOVERFLOW: version assertion failed (newer)
 		return fmt.Errorf("%w: %v", records.ErrConflict, err)

@@ -210,7 +210,7 @@ func TestGetCapacityPerZoneShrinks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.GetMaximumVolumeSize().GetValue() <= 0 || resp.GetMaximumVolumeSize().GetValue() > resp.GetAvailableCapacity() {
+		if max := resp.GetMaximumVolumeSize().GetValue(); max > resp.GetAvailableCapacity() || (max <= 0) != (resp.GetAvailableCapacity() == 0) {
 			t.Fatalf("zone %s: maximum %v vs available %d", zone, resp.GetMaximumVolumeSize(), resp.GetAvailableCapacity())
 		}
 		return resp.GetAvailableCapacity()

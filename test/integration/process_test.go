@@ -1,0 +1,180 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+var binary = filepath.Join(repoRoot, "bin", "basalt-csi")
+
+func TestBinaryRejectsBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	for name, tc := range map[string]struct {
+		yaml     string
+		mentions []string
+	}{
+		"unknown key": {strings.Replace(configYAML(), "pool: fast", "pool: fast\n    poolz: x", 1), []string{`backend "a-fast"`, `"poolz"`}},
+		"missing key": {strings.Replace(configYAML(), "    zone: zone-b\n", "", 1), []string{`backend "b-std"`, `"zone"`}},
+		"duplicate":   {strings.Replace(configYAML(), "name: b-std", "name: a-std", 1), []string{`"a-std"`, "duplicate"}},
+		"malformed":   {"backends: [", []string{"malformed"}},
+		"no backends": {"cephTimeoutSeconds: 3\n", []string{"backends"}},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "-")+".yaml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		out, err := exec.CommandContext(ctx, binary, "--mode=controller", "--config", path, "--endpoint", "unix://"+filepath.Join(dir, "s.sock")).CombinedOutput()
+		cancel()
+		if err == nil {
+			t.Errorf("%s: the driver started", name)
+			continue
+		}
+		for _, m := range append(tc.mentions, path) {
+			if !bytes.Contains(out, []byte(m)) {
+				t.Errorf("%s: output %q does not mention %s", name, out, m)
+			}
+		}
+	}
+}
+
+// proc is basalt-csi run as a real process.
+type proc struct {
+	cmd  *exec.Cmd
+	ctrl csi.ControllerClient
+	ids  csi.IdentityClient
+	log  *bytes.Buffer
+}
+
+func startBinary(t *testing.T, cfg, sock string) *proc {
+	t.Helper()
+	p := &proc{log: &bytes.Buffer{}}
+	p.cmd = exec.Command(binary, "--mode=controller", "--config", cfg, "--endpoint", "unix://"+sock)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.cmd.Process.Kill(); _ = p.cmd.Wait() })
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	p.ctrl, p.ids = csi.NewControllerClient(conn), csi.NewIdentityClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := p.ids.Probe(context.Background(), &csi.ProbeRequest{})
+		if err == nil && resp.GetReady().GetValue() {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("driver not ready: %v\n%s", err, p.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestReservationSurvivesSIGKILL(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "csi.sock")
+	p := startBinary(t, cfgPath, sock)
+	req := &csi.CreateVolumeRequest{
+		Name: "pvc-restart", CapacityRange: &csi.CapacityRange{RequiredBytes: gib},
+		VolumeCapabilities: mountCap(), Parameters: map[string]string{"image": golden},
+	}
+	first, err := p.ctrl.CreateVolume(tctx(t), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Wait()
+
+	p2 := startBinary(t, cfgPath, sock)
+	again, err := p2.ctrl.CreateVolume(tctx(t), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetVolume().GetVolumeId() != first.GetVolume().GetVolumeId() {
+		t.Fatalf("after restart: %s, before: %s", again.GetVolume().GetVolumeId(), first.GetVolume().GetVolumeId())
+	}
+	list, err := p2.ctrl.ListVolumes(tctx(t), &csi.ListVolumesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range list.GetEntries() {
+		found = found || e.GetVolume().GetVolumeId() == first.GetVolume().GetVolumeId()
+	}
+	if !found {
+		t.Fatal("volume not listed after restart")
+	}
+	if _, err := p2.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: first.GetVolume().GetVolumeId()}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(p.log.String(), "volume created") || !strings.Contains(p2.log.String(), "volume already exists for this name") {
+		t.Errorf("logs do not explain what happened:\n%s\n---\n%s", p.log, p2.log)
+	}
+}
+
+// A backend whose cluster is not running at start is marked down, skipped
+// by the scheduler, and joins once its cluster comes up.
+func TestBackendDownAtStartRejoins(t *testing.T) {
+	late := filepath.Join(repoRoot, "_output", "ceph", "it3")
+	extra := `  - name: c-late
+    cephConf: ` + filepath.Join(late, "ceph.conf") + `
+    user: admin
+    keyring: ` + filepath.Join(late, "ceph.client.admin.keyring") + `
+    pool: volumes
+    zone: zone-c
+`
+	yaml := strings.Replace(configYAML(), "  - name: b-std", extra+"  - name: b-std", 1)
+	d := startDriver(t, yaml, nil)
+	probe, err := d.ids.Probe(tctx(t), &csi.ProbeRequest{})
+	if err != nil || !probe.GetReady().GetValue() {
+		t.Fatalf("probe with one backend down: %v %v", probe, err)
+	}
+	_, err = d.ctrl.CreateVolume(tctx(t), &csi.CreateVolumeRequest{
+		Name: "pvc-late", VolumeCapabilities: mountCap(), Parameters: map[string]string{"backend": "c-late"},
+	})
+	wantCode(t, err, codes.ResourceExhausted, "c-late", "down")
+
+	if _, err := startCluster("it3", "volumes"); err != nil {
+		t.Fatal(err)
+	}
+	defer stopCluster("it3")
+	deadline := time.Now().Add(60 * time.Second)
+	for !contains(d.mgr.Up(), "c-late") {
+		if time.Now().After(deadline) {
+			t.Fatalf("c-late did not rejoin; up: %v", d.mgr.Up())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	v := create(t, d, "pvc-late", 64<<20, map[string]string{"backend": "c-late"}, nil)
+	if zoneOf(v) != "zone-c" {
+		t.Fatalf("zone %s", zoneOf(v))
+	}
+	del(t, d, v.GetVolumeId())
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
