@@ -93,4 +93,6 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 }
 
 // String helps logs.
-func (v Volume) String() string { return fmt.Sprintf("%s on %s (%d bytes)", v.ID, v.Backend, v.SizeBytes) }
+func (v Volume) String() string {
+	return fmt.Sprintf("%s on %s (%d bytes)", v.ID, v.Backend, v.SizeBytes)
+}
