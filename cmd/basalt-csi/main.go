@@ -65,6 +65,29 @@ func run(args []string) error {
 	return serve(ctx, o, log)
 }
 
+// recoverGrace leaves young interrupted creates to whoever may still be
+// working on them (another controller replica, or a CO retry in flight).
+const recoverGrace = 2 * time.Minute
+
+// recoverLoop undoes creates interrupted by a crash: once at start (as soon
+// as the registry backend answers) and then every few minutes.
+func recoverLoop(ctx context.Context, prov *provision.Provisioner, log *slog.Logger) {
+	for {
+		n, err := prov.Recover(ctx, recoverGrace)
+		switch {
+		case err != nil:
+			log.Warn("recovery of interrupted creates postponed", "error", err)
+		case n > 0:
+			log.Info("undid interrupted creates", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Minute):
+		}
+	}
+}
+
 func newLogger(format string) *slog.Logger {
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -101,6 +124,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		defer mgr.Close()
 		prov := &provision.Provisioner{Backends: mgr, Attempts: cfg.ScheduleAttempts, Log: log}
 		cs = driver.NewController(prov, log)
+		go recoverLoop(ctx, prov, log)
 		ids.Controller = true
 		ids.Ready = func() bool { return len(mgr.Up()) > 0 }
 	}

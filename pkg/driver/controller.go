@@ -23,20 +23,22 @@ var LockWait = 60 * time.Second
 // Controller implements csi.ControllerServer.
 type Controller struct {
 	csi.UnimplementedControllerServer
-	Prov  *provision.Provisioner
-	Log   *slog.Logger
-	locks *locks.Keyed
+	Prov *provision.Provisioner
+	Log  *slog.Logger
 }
 
 // NewController wires a controller.
 func NewController(p *provision.Provisioner, log *slog.Logger) *Controller {
-	return &Controller{Prov: p, Log: log, locks: locks.New()}
+	if p.Locks == nil {
+		p.Locks = locks.New()
+	}
+	return &Controller{Prov: p, Log: log}
 }
 
 func (c *Controller) lock(ctx context.Context, key string) (func(), error) {
 	lctx, cancel := context.WithTimeout(ctx, LockWait)
 	defer cancel()
-	unlock, err := c.locks.Lock(lctx, key)
+	unlock, err := c.Prov.Locks.Lock(lctx, key)
 	if err != nil {
 		return nil, status.Errorf(codes.Aborted, "another operation on %s is still in progress; retry later", key)
 	}
@@ -73,7 +75,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			return nil, invalid("parameter %q: no backend is named %q (configured: %v)", ParamBackend, params.backend, c.Prov.Backends.Names())
 		}
 	}
-	unlock, err := c.lock(ctx, "name "+req.GetName())
+	unlock, err := c.lock(ctx, provision.LockName(req.GetName()))
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +121,7 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	if req.GetVolumeId() == "" {
 		return nil, invalid("volume_id is required")
 	}
-	unlock, err := c.lock(ctx, "volume "+req.GetVolumeId())
+	unlock, err := c.lock(ctx, provision.LockVolume(req.GetVolumeId()))
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/flow"
+	"github.com/basalt-csi/basalt/pkg/locks"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/scheduler"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
@@ -53,6 +54,9 @@ type Provisioner struct {
 	Backends *backend.Manager
 	Attempts int
 	Log      *slog.Logger
+	// Locks serialises work per name and per volume inside the process;
+	// shared with the gRPC layer, which takes them.
+	Locks *locks.Keyed
 }
 
 const (

@@ -13,6 +13,7 @@ import (
 // Object names in the registry backend's pool (namespace chosen by the store).
 const (
 	volumeIndexOID    = "basalt.volumes"
+	pendingIndexOID   = "basalt.pending" // names whose create has not finished
 	reservationPrefix = "basalt.name."
 )
 
@@ -73,6 +74,11 @@ func (g *Registry) Reserve(ctx context.Context, r Reservation) (Reservation, boo
 	if err != nil {
 		return Reservation{}, false, err
 	}
+	// Listed as pending first, so a crash right after the create below still
+	// leaves a trace that Recover finds.
+	if err := g.Store.IndexSet(ctx, pendingIndexOID, map[string][]byte{r.Name: []byte(r.UUID)}); err != nil {
+		return Reservation{}, false, fmt.Errorf("reserving name %q: %w", r.Name, err)
+	}
 	err = g.Store.Create(ctx, reservationOID(r.Name), data)
 	if err == nil {
 		existing, err := g.Reservation(ctx, r.Name)
@@ -82,6 +88,10 @@ func (g *Registry) Reserve(ctx context.Context, r Reservation) (Reservation, boo
 		return Reservation{}, false, fmt.Errorf("reserving name %q: %w", r.Name, err)
 	}
 	existing, err := g.Reservation(ctx, r.Name)
+	if err == nil && existing.State == StateReady {
+		// The pending mark set above belongs to no unfinished create.
+		err = g.Store.IndexRemove(ctx, pendingIndexOID, r.Name)
+	}
 	return existing, false, err
 }
 
@@ -117,6 +127,9 @@ func (g *Registry) Save(ctx context.Context, r *Reservation) error {
 		return err
 	}
 	*r = fresh
+	if r.State == StateReady {
+		return g.Store.IndexRemove(ctx, pendingIndexOID, r.Name)
+	}
 	return nil
 }
 
@@ -124,7 +137,7 @@ func (g *Registry) Save(ctx context.Context, r *Reservation) error {
 func (g *Registry) Release(ctx context.Context, name, uuid string) error {
 	r, err := g.Reservation(ctx, name)
 	if errors.Is(err, ErrNotFound) {
-		return nil
+		return g.Store.IndexRemove(ctx, pendingIndexOID, name)
 	}
 	if err != nil {
 		return err
@@ -132,7 +145,28 @@ func (g *Registry) Release(ctx context.Context, name, uuid string) error {
 	if r.UUID != uuid {
 		return nil
 	}
-	return g.Store.Delete(ctx, reservationOID(name))
+	if err := g.Store.Delete(ctx, reservationOID(name)); err != nil {
+		return err
+	}
+	return g.Store.IndexRemove(ctx, pendingIndexOID, name)
+}
+
+// Pending lists the names whose create has not finished (up to max).
+func (g *Registry) Pending(ctx context.Context, max int) ([]string, error) {
+	kvs, err := g.Store.IndexList(ctx, pendingIndexOID, "", max)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(kvs))
+	for _, kv := range kvs {
+		names = append(names, kv.Key)
+	}
+	return names, nil
+}
+
+// Forget drops name from the pending list (its create finished or was undone).
+func (g *Registry) Forget(ctx context.Context, name string) error {
+	return g.Store.IndexRemove(ctx, pendingIndexOID, name)
 }
 
 // IndexVolume adds (or refreshes) a volume in the index.

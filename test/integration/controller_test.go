@@ -10,12 +10,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
 
@@ -397,4 +399,46 @@ func TestFailedCreateIsRevertedAndRescheduled(t *testing.T) {
 	// The pinned name was released: retrying it with another backend works.
 	v2 := create(t, d, "pvc-resched", gib, map[string]string{"image": golden, "backend": "a-fast"}, nil)
 	del(t, d, v2.GetVolumeId())
+}
+
+// A controller that died mid-create left a reservation and a clone; Recover
+// (run at start) undoes both, and the name yields a fresh volume afterwards.
+func TestRecoverUndoesInterruptedCreate(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	regCluster, err := d.mgr.Registry()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := records.NewRegistry(regCluster)
+	ctx := tctx(t)
+	res, created, err := reg.Reserve(ctx, records.Reservation{Name: "pvc-crashed", UUID: volumeid.NewUUID(), State: records.StateCreating, SizeBytes: uint64(gib)})
+	if err != nil || !created {
+		t.Fatalf("reserve: %v %v", created, err)
+	}
+	res.Backend = "a-std"
+	if err := reg.Save(ctx, &res); err != nil {
+		t.Fatal(err)
+	}
+	c1.rbd(t, "clone", golden, "volumes/basalt-"+res.UUID)
+
+	if n, err := d.prov.Recover(ctx, time.Hour); err != nil || n != 0 {
+		t.Fatalf("a young reservation was undone: %d %v", n, err)
+	}
+	if n, err := d.prov.Recover(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("Recover = %d, %v; want 1 undone", n, err)
+	}
+	if imgs := c1.images(t, "volumes"); len(imgs) != 0 {
+		t.Fatalf("clone of the interrupted create left: %v", imgs)
+	}
+	if _, err := reg.Reservation(ctx, "pvc-crashed"); !errors.Is(err, records.ErrNotFound) {
+		t.Fatalf("reservation left: %v", err)
+	}
+	if p, _ := reg.Pending(ctx, 10); len(p) != 0 {
+		t.Fatalf("pending left: %v", p)
+	}
+	v := create(t, d, "pvc-crashed", gib, nil, nil)
+	del(t, d, v.GetVolumeId())
+	if p, _ := reg.Pending(ctx, 10); len(p) != 0 {
+		t.Fatalf("a finished create is still pending: %v", p)
+	}
 }

@@ -114,6 +114,7 @@ type testDriver struct {
 	ctrl csi.ControllerClient
 	ids  csi.IdentityClient
 	mgr  *backend.Manager
+	prov *provision.Provisioner
 }
 
 // wrapFn lets a test inject faults around a backend's real connection.
@@ -167,7 +168,7 @@ func startDriver(t *testing.T, yaml string, wrap wrapFn) *testDriver {
 		cancel()
 		mgr.Close()
 	})
-	return &testDriver{ctrl: csi.NewControllerClient(conn), ids: csi.NewIdentityClient(conn), mgr: mgr}
+	return &testDriver{ctrl: csi.NewControllerClient(conn), ids: csi.NewIdentityClient(conn), mgr: mgr, prov: prov}
 }
 
 // testWriter sends driver logs to the test log (shown with -v or on failure).
