@@ -221,22 +221,13 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 	tried := map[string]bool{}
 	var failures []string
 	for attempt := 1; attempt <= max(1, p.Attempts); attempt++ {
-		cands, err := p.Backends.Scheduler().Place(sreq)
+		// Pick charges the chosen backend at once; createOn's revert releases it.
+		cand, err := p.Backends.Scheduler().Pick(sreq, tried)
 		if err != nil {
 			if len(failures) > 0 {
 				break
 			}
 			return Volume{}, errorf(ResourceExhausted, nil, "%v", err)
-		}
-		var cand *scheduler.Candidate
-		for i := range cands {
-			if !tried[cands[i].Backend.Name] {
-				cand = &cands[i]
-				break
-			}
-		}
-		if cand == nil {
-			break
 		}
 		name := cand.Backend.Name
 		tried[name] = true
@@ -260,17 +251,27 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 // createOn runs the volume-service steps on one backend, each with its undo.
 func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *records.Registry, res *records.Reservation,
 	req Request, size uint64, bname string, local bool, sources map[string]backend.Cluster) (Volume, error) {
+	// Pick charged size to bname; give it back exactly once on any failure.
+	charged := true
+	uncharge := func(context.Context) error {
+		if charged {
+			p.Backends.Scheduler().Release(bname, size)
+			charged = false
+		}
+		return nil
+	}
 	cl, bcfg, err := p.Backends.Get(bname)
 	if err != nil {
+		_ = uncharge(ctx)
 		return Volume{}, err
 	}
 	id, err := volumeid.New(cl.ClusterID(), cl.PoolID())
 	if err != nil {
+		_ = uncharge(ctx)
 		return Volume{}, err
 	}
 	id.UUID = res.UUID
 	image := id.ImageName()
-	sched := p.Backends.Scheduler()
 	method := "blank"
 	meta := map[string]string{MetaName: req.Name}
 	maps.Copy(meta, req.Metadata)
@@ -286,17 +287,13 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 	meta[MetaSourceMethod] = method
 
 	steps := []flow.Step{
+		{Name: "account capacity", Do: func(context.Context) error { return nil }, Undo: uncharge},
 		{
 			Name: "record placement",
 			Do: func(ctx context.Context) error {
 				res.Backend = bname
 				return reg.Save(ctx, res)
 			},
-		},
-		{
-			Name: "account capacity",
-			Do:   func(context.Context) error { sched.Consume(bname, size); return nil },
-			Undo: func(context.Context) error { sched.Release(bname, size); return nil },
 		},
 		{
 			Name: method + " image",
@@ -336,6 +333,7 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 		},
 	}
 	if err := flow.Run(ctx, log.With("backend", bname, "volume", id.String()), steps...); err != nil {
+		_ = uncharge(ctx) // in case the flow stopped before its first step
 		return Volume{}, err
 	}
 	log.Info("volume created", "volume", id.String(), "backend", bname, "method", method, "size", size)

@@ -89,3 +89,29 @@ func (s *State) update(name string, f func(*Backend)) {
 	f(&b)
 	s.backends[name] = b
 }
+
+// Pick places req and charges the best candidate not in exclude, in one step
+// under the lock, so that concurrent creates see each other's placements
+// (Place followed by Consume would let two of them pick the same stale
+// "most free" backend). The caller Releases the bytes if the create fails.
+func (s *State) Pick(req Request, exclude map[string]bool) (Candidate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	backends := make([]Backend, 0, len(s.order))
+	for _, name := range s.order {
+		b := s.backends[name]
+		if exclude[name] {
+			b.Up = false // tried already: reported by the up filter if nothing else is left
+		}
+		backends = append(backends, b)
+	}
+	cands, err := Schedule(backends, req)
+	if err != nil {
+		return Candidate{}, err
+	}
+	best := cands[0]
+	b := s.backends[best.Backend.Name]
+	b.ProvisionedBytes = addSat(b.ProvisionedBytes, req.SizeBytes)
+	s.backends[best.Backend.Name] = b
+	return best, nil
+}
