@@ -84,3 +84,17 @@ func TestParseErrors(t *testing.T) {
 		})
 	}
 }
+
+// The example configurations shipped in the repository must stay valid.
+func TestShippedExamplesParse(t *testing.T) {
+	for _, path := range []string{"../../deploy/config.yaml", "../../examples/config/two-clusters.yaml"} {
+		c, err := Load(path)
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+			continue
+		}
+		if len(c.Backends) == 0 {
+			t.Errorf("%s: no backends", path)
+		}
+	}
+}
