@@ -20,7 +20,7 @@ printf '%s\n' "$text" > "$work/root/golden.txt"
 truncate -s "${size}M" "$work/fs.img"
 mkfs.ext4 -q -F -L golden -E nodiscard -d "$work/root" "$work/fs.img"
 rbd rm "$pool/$name" >/dev/null 2>&1 || true
-rbd import --image-feature layering "$work/fs.img" "$pool/$name" >/dev/null
-rbd snap create "$pool/$name@$snap"
+rbd import --no-progress --image-feature layering "$work/fs.img" "$pool/$name" >/dev/null
+rbd snap create --no-progress "$pool/$name@$snap"
 rbd snap protect "$pool/$name@$snap"
 echo "golden image $pool/$name@$snap ($size MiB ext4 with golden.txt)" >&2
