@@ -7,7 +7,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all deps build run test unit integration lint clean
+.PHONY: all deps build run csc test unit integration lint clean
 
 all: build
 
@@ -18,8 +18,12 @@ build: deps
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/basalt-csi ./cmd/basalt-csi
 
 # Starts a local Ceph cluster with a golden image and serves on a unix socket.
-run: build
+run: build csc
 	test/run-local.sh
+
+# csc (dell/gocsi, pinned in test/tools/csc), cached in bin/csc.
+csc:
+	@test/build-csc.sh
 
 lint:
 	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

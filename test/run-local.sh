@@ -29,9 +29,9 @@ sock=$run/csi.sock
 cat <<MSG
 
 Basalt is starting on unix://$sock (Ctrl-C to stop).
-Talk to it with csc (make csc builds bin/csc), for example:
+Talk to it with csc (bin/csc; make csc builds it), for example:
 
-  export CSI_ENDPOINT=unix://$sock
+  export CSI_ENDPOINT=unix://$sock PATH=\$PATH:$PWD/bin
   csc identity plugin-info
   csc controller create-volume --cap SINGLE_NODE_WRITER,mount,ext4 \\
       --params image=images/golden@v1 --req-bytes 1073741824 demo-volume

@@ -168,7 +168,11 @@ func compatible(res records.Reservation, req Request) error {
 		return errorf(AlreadyExists, nil, "volume name %q is already used by a volume with other parameters (%v, requested %v)", req.Name, res.Params, req.Params)
 	}
 	if res.SizeBytes < req.RequiredBytes || (req.LimitBytes != 0 && res.SizeBytes > req.LimitBytes) {
-		return errorf(AlreadyExists, nil, "volume name %q is already used by a volume of %d bytes, outside the requested range [%d, %d]", req.Name, res.SizeBytes, req.RequiredBytes, req.LimitBytes)
+		limit := "no limit"
+		if req.LimitBytes != 0 {
+			limit = fmt.Sprintf("at most %d", req.LimitBytes)
+		}
+		return errorf(AlreadyExists, nil, "volume name %q is already used by a volume of %d bytes, outside the requested range (at least %d, %s)", req.Name, res.SizeBytes, req.RequiredBytes, limit)
 	}
 	return nil
 }
