@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/basalt-csi/basalt/pkg/ceph"
 	"github.com/basalt-csi/basalt/pkg/config"
 	"github.com/basalt-csi/basalt/pkg/driver"
+	"github.com/basalt-csi/basalt/pkg/node"
 	"github.com/basalt-csi/basalt/pkg/provision"
 	"github.com/basalt-csi/basalt/pkg/records"
 )
@@ -25,6 +27,7 @@ var version = "dev"
 
 type options struct {
 	endpoint, mode, configPath, nodeID, zone, driverName, logFormat string
+	mapper                                                          string
 	maxVolumes                                                      int64
 }
 
@@ -36,8 +39,15 @@ func main() {
 }
 
 func run(args []string) error {
+	if len(args) > 0 && (args[0] == "attachments" || args[0] == "nodes") {
+		return inspect(args[0], args[1:], os.Stdout)
+	}
 	var o options
 	fs := flag.NewFlagSet("basalt-csi", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: basalt-csi [flags]            serve CSI\n       basalt-csi attachments [--volume ID] [--node ID] [-o json] --config FILE\n       basalt-csi nodes [-o json] --config FILE\n\nflags:\n")
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&o.endpoint, "endpoint", "unix:///var/lib/kubelet/plugins/rbd.basalt.dev/csi.sock", "CSI endpoint: unix:///path or tcp://host:port")
 	fs.StringVar(&o.mode, "mode", "all", "which services to serve: controller, node or all")
 	fs.StringVar(&o.configPath, "config", "/etc/basalt/config.yaml", "backend configuration (YAML)")
@@ -45,6 +55,7 @@ func run(args []string) error {
 	fs.StringVar(&o.zone, "zone", "", "this node's zone (value of topology.rbd.basalt.dev/zone)")
 	fs.StringVar(&o.driverName, "driver-name", driver.DefaultName, "CSI driver name")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&o.mapper, "mapper", "auto", "how the node maps images: auto, krbd, nbd or fuse")
 	fs.Int64Var(&o.maxVolumes, "max-volumes-per-node", 64, "attach limit reported by NodeGetInfo")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -63,6 +74,24 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return serve(ctx, o, log)
+}
+
+// heartbeatInterval is how often a node plugin refreshes its registration.
+const heartbeatInterval = 30 * time.Second
+
+func newManager(cfg *config.Config, log *slog.Logger) *backend.Manager {
+	timeout := time.Duration(cfg.CephTimeoutSeconds) * time.Second
+	mgr := backend.NewManager(cfg, func(ctx context.Context, b config.Backend) (backend.Cluster, error) {
+		return ceph.Connect(ctx, b, timeout)
+	}, log)
+	mgr.Provisioned = func(ctx context.Context) (map[string]uint64, error) {
+		reg, err := mgr.Registry()
+		if err != nil {
+			return nil, err
+		}
+		return records.NewRegistry(reg).ProvisionedByBackend(ctx)
+	}
+	return mgr
 }
 
 // recoverGrace leaves young interrupted creates to whoever may still be
@@ -99,35 +128,6 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	ids := &driver.Identity{Name: o.driverName, Version: version}
 	var cs *driver.Controller
 	var ns *driver.Node
-	if o.mode != "node" {
-		cfg, err := config.Load(o.configPath)
-		if err != nil {
-			return err
-		}
-		timeout := time.Duration(cfg.CephTimeoutSeconds) * time.Second
-		mgr := backend.NewManager(cfg, func(ctx context.Context, b config.Backend) (backend.Cluster, error) {
-			return ceph.Connect(ctx, b, timeout)
-		}, log)
-		mgr.Provisioned = func(ctx context.Context) (map[string]uint64, error) {
-			reg, err := mgr.Registry()
-			if err != nil {
-				return nil, err
-			}
-			return records.NewRegistry(reg).ProvisionedByBackend(ctx)
-		}
-		log.Info("connecting to backends", "config", cfg.Path, "backends", mgr.Names())
-		mgr.Refresh(ctx)
-		if len(mgr.Up()) == 0 {
-			log.Error("no backend is reachable yet; Probe reports not ready until one is", "backends", mgr.Names())
-		}
-		go mgr.Run(ctx, time.Duration(cfg.StatsIntervalSeconds)*time.Second)
-		defer mgr.Close()
-		prov := &provision.Provisioner{Backends: mgr, Attempts: cfg.ScheduleAttempts, Log: log}
-		cs = driver.NewController(prov, log)
-		go recoverLoop(ctx, prov, log)
-		ids.Controller = true
-		ids.Ready = func() bool { return len(mgr.Up()) > 0 }
-	}
 	if o.mode != "controller" {
 		if o.nodeID == "" {
 			h, err := os.Hostname()
@@ -136,17 +136,43 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 			}
 			o.nodeID = h
 		}
+		if strings.ContainsAny(o.nodeID, "/ ") {
+			return fmt.Errorf("--node-id %q must not contain '/' or spaces", o.nodeID)
+		}
+	}
+	// Both sides need the backends: the controller to provision, the node to
+	// register itself and check attachments in the registry backend.
+	cfg, err := config.Load(o.configPath)
+	if err != nil {
+		return err
+	}
+	mgr := newManager(cfg, log)
+	log.Info("connecting to backends", "config", cfg.Path, "backends", mgr.Names())
+	mgr.Refresh(ctx)
+	if len(mgr.Up()) == 0 {
+		log.Error("no backend is reachable yet; Probe reports not ready until one is", "backends", mgr.Names())
+	}
+	go mgr.Run(ctx, time.Duration(cfg.StatsIntervalSeconds)*time.Second)
+	defer mgr.Close()
+	ids.Ready = func() bool { return len(mgr.Up()) > 0 }
+	prov := &provision.Provisioner{Backends: mgr, Attempts: cfg.ScheduleAttempts, Log: log}
+
+	if o.mode != "node" {
+		cs = driver.NewController(prov, log)
+		ids.Controller = true
+		go recoverLoop(ctx, prov, log)
+	}
+	if o.mode != "controller" {
 		ns = &driver.Node{NodeID: o.nodeID, Zone: o.zone, MaxVolumes: o.maxVolumes}
+		go node.Heartbeat(ctx, mgr, records.Node{
+			ID: o.nodeID, Zone: o.zone, MaxVolumes: o.maxVolumes, Mapper: o.mapper, Version: version,
+		}, heartbeatInterval, time.Duration(cfg.CephTimeoutSeconds)*time.Second, log)
 	}
 	lis, err := driver.Listen(o.endpoint)
 	if err != nil {
 		return err
 	}
-	var csrv any = cs
-	if cs == nil {
-		csrv = nil
-	}
-	srv := driver.NewGRPCServer(log, ids, controllerOrNil(csrv), nodeOrNil(ns))
+	srv := driver.NewGRPCServer(log, ids, controllerOrNil(cs), nodeOrNil(ns))
 	log.Info("serving", "endpoint", o.endpoint, "mode", o.mode, "driver", o.driverName, "version", version)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

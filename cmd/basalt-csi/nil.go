@@ -8,11 +8,11 @@ import (
 
 // controllerOrNil and nodeOrNil avoid registering a typed nil pointer as a
 // service (a non-nil interface holding nil would be registered and panic).
-func controllerOrNil(v any) csi.ControllerServer {
-	if c, ok := v.(*driver.Controller); ok && c != nil {
-		return c
+func controllerOrNil(c *driver.Controller) csi.ControllerServer {
+	if c == nil {
+		return nil
 	}
-	return nil
+	return c
 }
 
 func nodeOrNil(n *driver.Node) csi.NodeServer {

@@ -65,6 +65,7 @@ type Cluster interface {
 
 	ClusterID() string // fsid as Ceph prints it
 	PoolID() int64
+	Monitors() string // mon_host of the cluster, for the node plugin
 	Stats(ctx context.Context) (Stats, error)
 
 	// SnapshotSize returns the size of spec's snapshot in this cluster;

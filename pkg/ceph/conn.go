@@ -31,6 +31,7 @@ type Conn struct {
 	pool    string
 	fsid    string
 	poolID  int64
+	mons    string
 	timeout time.Duration
 }
 
@@ -112,11 +113,15 @@ func Connect(ctx context.Context, b config.Backend, timeout time.Duration) (*Con
 		return nil, fmt.Errorf("backend %q: pool %q: %w", b.Name, b.Pool, err)
 	}
 	c.fsid, c.ioctx, c.poolID = fsid, ioctx, ioctx.GetPoolID()
+	c.mons, _ = conn.GetConfigOption("mon_host")
 	return c, nil
 }
 
 // ClusterID is the cluster's fsid.
 func (c *Conn) ClusterID() string { return c.fsid }
+
+// Monitors is the cluster's mon_host setting.
+func (c *Conn) Monitors() string { return c.mons }
 
 // PoolID is the backend pool's ID.
 func (c *Conn) PoolID() int64 { return c.poolID }

@@ -150,10 +150,10 @@ func (c *Conn) IndexGet(ctx context.Context, oid string, keys ...string) (map[st
 }
 
 // IndexList implements records.Store.
-func (c *Conn) IndexList(ctx context.Context, oid, startAfter string, max int) ([]records.KV, error) {
+func (c *Conn) IndexList(ctx context.Context, oid, startAfter, prefix string, max int) ([]records.KV, error) {
 	var out []records.KV
 	err := c.withRecords(ctx, "listing", oid, func(ioctx *rados.IOContext) error {
-		m, err := ioctx.GetOmapValues(oid, startAfter, "", int64(max))
+		m, err := ioctx.GetOmapValues(oid, startAfter, prefix, int64(max))
 		if err != nil {
 			return err
 		}

@@ -187,8 +187,13 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 			c.Log.Warn("skipping a malformed index entry", "key", e.VolumeID)
 			continue
 		}
+		nodes, err := c.Prov.PublishedNodes(ctx, e.VolumeID)
+		if err != nil {
+			return nil, toStatus(err)
+		}
 		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
 			Volume: c.csiVolume(id, e.Backend, e.Zone, e.SizeBytes, e.Source),
+			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: nodes},
 		})
 	}
 	return resp, nil
@@ -211,10 +216,14 @@ func (c *Controller) ControllerGetVolume(ctx context.Context, req *csi.Controlle
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	nodes, err := c.Prov.PublishedNodes(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	b, _ := c.Prov.Backends.Config().Backend(bname)
 	return &csi.ControllerGetVolumeResponse{
 		Volume: c.csiVolume(id, bname, b.Zone, info.SizeBytes, info.Metadata[provision.MetaSource]),
-		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{},
+		Status: &csi.ControllerGetVolumeResponse_VolumeStatus{PublishedNodeIds: nodes},
 	}, nil
 }
 
@@ -251,6 +260,9 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_GET_VOLUME,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
+		csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}

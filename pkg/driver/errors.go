@@ -19,6 +19,7 @@ var kindCodes = map[provision.Kind]codes.Code{
 	provision.FailedPrecondition: codes.FailedPrecondition,
 	provision.Unavailable:        codes.Unavailable,
 	provision.DeadlineExceeded:   codes.DeadlineExceeded,
+	provision.Aborted:            codes.Aborted,
 }
 
 // toStatus maps any error to a CSI status; errors already carrying a gRPC

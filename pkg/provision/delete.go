@@ -57,6 +57,13 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	if err != nil {
 		return err
 	}
+	atts, err := reg.LoadAttachments(ctx, volumeID, id.UUID)
+	if err != nil {
+		return classify(err, "reading the attachments of "+volumeID)
+	}
+	if nodes := atts.Nodes(); len(nodes) > 0 {
+		return errorf(FailedPrecondition, nil, "volume %s is still published to node(s) %s; unpublish it first", volumeID, strings.Join(nodes, ", "))
+	}
 	image := id.ImageName()
 	usage, err := cl.Usage(ctx, image)
 	switch {
@@ -87,6 +94,9 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 			return classify(err, "unindexing the volume")
 		}
 		p.Backends.Scheduler().Release(bname, entry.SizeBytes)
+	}
+	if err := reg.DeleteAttachments(ctx, id.UUID); err != nil {
+		return classify(err, "removing the (empty) attachment record")
 	}
 	log.Info("volume deleted", "backend", bname, "image", image)
 	return nil

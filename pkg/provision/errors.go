@@ -20,6 +20,7 @@ const (
 	FailedPrecondition      // the volume is in use
 	Unavailable             // a backend needed for the answer is down
 	DeadlineExceeded        // a Ceph call did not return in time
+	Aborted                 // lost races too often; retry
 )
 
 // Error carries a Kind and an actionable message.

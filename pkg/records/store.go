@@ -41,6 +41,7 @@ type Store interface {
 	IndexRemove(ctx context.Context, oid string, keys ...string) error
 	// IndexGet returns the values of the keys that exist.
 	IndexGet(ctx context.Context, oid string, keys ...string) (map[string][]byte, error)
-	// IndexList returns up to max entries with key > startAfter, in key order.
-	IndexList(ctx context.Context, oid, startAfter string, max int) ([]KV, error)
+	// IndexList returns up to max entries with key > startAfter that start
+	// with prefix, in key order.
+	IndexList(ctx context.Context, oid, startAfter, prefix string, max int) ([]KV, error)
 }

@@ -153,7 +153,7 @@ func (g *Registry) Release(ctx context.Context, name, uuid string) error {
 
 // Pending lists the names whose create has not finished (up to max).
 func (g *Registry) Pending(ctx context.Context, max int) ([]string, error) {
-	kvs, err := g.Store.IndexList(ctx, pendingIndexOID, "", max)
+	kvs, err := g.Store.IndexList(ctx, pendingIndexOID, "", "", max)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +204,7 @@ func (g *Registry) Volume(ctx context.Context, volumeID string) (VolumeEntry, er
 // the next page ("" at the end). Its cost is proportional to max.
 func (g *Registry) Volumes(ctx context.Context, startAfter string, max int) ([]VolumeEntry, string, error) {
 	// Ask for one more than needed to know whether another page exists.
-	kvs, err := g.Store.IndexList(ctx, volumeIndexOID, startAfter, max+1)
+	kvs, err := g.Store.IndexList(ctx, volumeIndexOID, startAfter, "", max+1)
 	if err != nil {
 		return nil, "", err
 	}

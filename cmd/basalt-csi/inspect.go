@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/basalt-csi/basalt/pkg/ceph"
+	"github.com/basalt-csi/basalt/pkg/config"
+	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
+)
+
+// inspect implements the operator subcommands, which read the same records
+// in Ceph as the driver: `attachments` and `nodes`.
+func inspect(cmd string, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("basalt-csi "+cmd, flag.ContinueOnError)
+	cfgPath := fs.String("config", "/etc/basalt/config.yaml", "backend configuration (YAML)")
+	format := fs.String("o", "table", "output: table or json")
+	var volume, nodeID string
+	if cmd == "attachments" {
+		fs.StringVar(&volume, "volume", "", "only this volume ID")
+		fs.StringVar(&nodeID, "node", "", "only this node ID")
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *format != "table" && *format != "json" {
+		return fmt.Errorf("-o must be table or json, not %q", *format)
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	b, _ := cfg.Backend(cfg.RegistryBackend)
+	timeout := time.Duration(cfg.CephTimeoutSeconds) * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 2*timeout)
+	defer cancel()
+	conn, err := ceph.Connect(ctx, b, timeout)
+	if err != nil {
+		return fmt.Errorf("registry backend: %w", err)
+	}
+	defer conn.Close()
+	reg := records.NewRegistry(conn)
+
+	if cmd == "nodes" {
+		nodes, err := reg.Nodes(ctx)
+		if err != nil {
+			return err
+		}
+		if *format == "json" {
+			return writeJSON(out, nodes)
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tZONE\tMAX VOLUMES\tMAPPER\tVERSION\tREGISTERED\tLAST SEEN")
+		for _, n := range nodes {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s ago\n", n.ID, n.Zone, n.MaxVolumes, n.Mapper, n.Version,
+				n.Registered.Format(time.RFC3339), time.Since(n.LastSeen).Round(time.Second))
+		}
+		return tw.Flush()
+	}
+
+	var atts []records.AttachmentRecord
+	if volume != "" {
+		id, err := volumeid.Parse(volume)
+		if err != nil {
+			return err
+		}
+		a, err := reg.LoadAttachments(ctx, volume, id.UUID)
+		if err != nil {
+			return err
+		}
+		for _, r := range a.Items {
+			if nodeID == "" || r.Node == nodeID {
+				atts = append(atts, r)
+			}
+		}
+	} else if atts, err = reg.NodeAttachments(ctx, nodeID); err != nil {
+		return err
+	}
+	sort.Slice(atts, func(i, j int) bool {
+		if atts[i].VolumeID != atts[j].VolumeID {
+			return atts[i].VolumeID < atts[j].VolumeID
+		}
+		return atts[i].Node < atts[j].Node
+	})
+	if *format == "json" {
+		if atts == nil {
+			atts = []records.AttachmentRecord{}
+		}
+		return writeJSON(out, atts)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VOLUME\tNODE\tMODE\tACCESS MODE\tTYPE\tATTACHMENT\tCREATED")
+	for _, r := range atts {
+		typ := "mount"
+		if r.Block {
+			typ = "block"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VolumeID, r.Node, r.Mode, r.AccessMode, typ, r.ID, r.Created.Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
