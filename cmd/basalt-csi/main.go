@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -17,7 +18,9 @@ import (
 	"github.com/basalt-csi/basalt/pkg/ceph"
 	"github.com/basalt-csi/basalt/pkg/config"
 	"github.com/basalt-csi/basalt/pkg/driver"
+	"github.com/basalt-csi/basalt/pkg/locks"
 	"github.com/basalt-csi/basalt/pkg/node"
+	"github.com/basalt-csi/basalt/pkg/node/mapper"
 	"github.com/basalt-csi/basalt/pkg/provision"
 	"github.com/basalt-csi/basalt/pkg/records"
 )
@@ -27,7 +30,7 @@ var version = "dev"
 
 type options struct {
 	endpoint, mode, configPath, nodeID, zone, driverName, logFormat string
-	mapper                                                          string
+	mapper, stateDir                                                string
 	maxVolumes                                                      int64
 }
 
@@ -56,6 +59,7 @@ func run(args []string) error {
 	fs.StringVar(&o.driverName, "driver-name", driver.DefaultName, "CSI driver name")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.mapper, "mapper", "auto", "how the node maps images: auto, krbd, nbd or fuse")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/basalt", "node plugin state: staging records, rbd-fuse mounts, key files")
 	fs.Int64Var(&o.maxVolumes, "max-volumes-per-node", 64, "attach limit reported by NodeGetInfo")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -78,6 +82,34 @@ func run(args []string) error {
 
 // heartbeatInterval is how often a node plugin refreshes its registration.
 const heartbeatInterval = 30 * time.Second
+
+func newNodeService(o options, prov *provision.Provisioner, log *slog.Logger) (*node.Service, error) {
+	name, err := mapper.Choose(o.mapper, mapper.Host{})
+	if err != nil {
+		return nil, err
+	}
+	run := mapper.Exec{}
+	var m mapper.Mapper
+	switch name {
+	case "krbd":
+		keyDir := filepath.Join(o.stateDir, "keys")
+		if err := os.MkdirAll(keyDir, 0o700); err != nil {
+			return nil, err
+		}
+		m = mapper.NewKRBD(run, keyDir)
+	case "nbd":
+		m = mapper.NewNBD(run)
+	default:
+		m = mapper.NewFUSE(run, filepath.Join(o.stateDir, "fuse"))
+	}
+	locate, attached := driver.NodeLookups(prov)
+	log.Info("node plugin", "node", o.nodeID, "zone", o.zone, "mapper", m.Name(), "stateDir", o.stateDir)
+	return &node.Service{
+		NodeID: o.nodeID, Mapper: m, Mounts: node.NewMounts(),
+		Store: &node.Store{Dir: filepath.Join(o.stateDir, "volumes")},
+		Locks: prov.Locks, Log: log, Locate: locate, AttachedMode: attached,
+	}, nil
+}
 
 func newManager(cfg *config.Config, log *slog.Logger) *backend.Manager {
 	timeout := time.Duration(cfg.CephTimeoutSeconds) * time.Second
@@ -155,7 +187,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	go mgr.Run(ctx, time.Duration(cfg.StatsIntervalSeconds)*time.Second)
 	defer mgr.Close()
 	ids.Ready = func() bool { return len(mgr.Up()) > 0 }
-	prov := &provision.Provisioner{Backends: mgr, Attempts: cfg.ScheduleAttempts, Log: log}
+	prov := &provision.Provisioner{Backends: mgr, Attempts: cfg.ScheduleAttempts, Log: log, Locks: locks.New()}
 
 	if o.mode != "node" {
 		cs = driver.NewController(prov, log)
@@ -163,10 +195,18 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		go recoverLoop(ctx, prov, log)
 	}
 	if o.mode != "controller" {
-		ns = &driver.Node{NodeID: o.nodeID, Zone: o.zone, MaxVolumes: o.maxVolumes}
+		svc, err := newNodeService(o, prov, log)
+		if err != nil {
+			return err
+		}
+		o.mapper = svc.Mapper.Name()
+		ns = &driver.Node{NodeID: o.nodeID, Zone: o.zone, MaxVolumes: o.maxVolumes, Svc: svc}
 		go node.Heartbeat(ctx, mgr, records.Node{
 			ID: o.nodeID, Zone: o.zone, MaxVolumes: o.maxVolumes, Mapper: o.mapper, Version: version,
 		}, heartbeatInterval, time.Duration(cfg.CephTimeoutSeconds)*time.Second, log)
+		// Re-establish what this node staged before it restarted, before serving.
+		healed, failed := svc.HealAll(ctx)
+		log.Info("checked staged volumes", "healed", healed, "failed", failed)
 	}
 	lis, err := driver.Listen(o.endpoint)
 	if err != nil {

@@ -2,19 +2,169 @@ package driver
 
 import (
 	"context"
+	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/basalt-csi/basalt/pkg/node"
+	"github.com/basalt-csi/basalt/pkg/node/mapper"
+	"github.com/basalt-csi/basalt/pkg/provision"
 	"github.com/basalt-csi/basalt/pkg/scheduler"
 )
 
-// Node implements csi.NodeServer. Staging and publishing arrive with the
-// node plugin; until then those calls answer Unimplemented.
+// Node implements csi.NodeServer over pkg/node.
 type Node struct {
 	csi.UnimplementedNodeServer
 	NodeID     string
 	Zone       string
 	MaxVolumes int64
+	Svc        *node.Service
+}
+
+// NodeLookups returns the Service callbacks that consult Ceph: where a
+// volume's image is, and how it is attached to this node.
+func NodeLookups(p *provision.Provisioner) (
+	locate func(context.Context, string) (mapper.Spec, error),
+	attachedMode func(context.Context, string, string) (string, error),
+) {
+	locate = func(ctx context.Context, volumeID string) (mapper.Spec, error) {
+		id, bname, _, err := p.Stat(ctx, volumeID)
+		if err != nil {
+			return mapper.Spec{}, toStatus(err)
+		}
+		_, b, err := p.Backends.Get(bname)
+		if err != nil {
+			return mapper.Spec{}, toStatus(err)
+		}
+		return mapper.Spec{Pool: b.Pool, Image: id.ImageName(), CephConf: b.CephConf, User: b.User, Keyring: b.Keyring}, nil
+	}
+	attachedMode = func(ctx context.Context, volumeID, nodeID string) (string, error) {
+		r, err := p.Attachment(ctx, volumeID, nodeID)
+		if err != nil {
+			return "", toStatus(err)
+		}
+		return r.Mode, nil
+	}
+	return locate, attachedMode
+}
+
+func checkPath(name, p string) error {
+	if p == "" {
+		return invalid("%s is required", name)
+	}
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return invalid("%s %q must be an absolute, clean path", name, p)
+	}
+	return nil
+}
+
+// NodeStageVolume implements csi.NodeServer.
+func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	if err := checkPath("staging_target_path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
+	}
+	vc := req.GetVolumeCapability()
+	if vc == nil {
+		return nil, invalid("volume_capability is required")
+	}
+	if err := validateCapabilities([]*csi.VolumeCapability{vc}); err != nil {
+		return nil, err
+	}
+	err := n.Svc.Stage(ctx, node.StageRequest{
+		VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(),
+		Block: vc.GetBlock() != nil, FsType: vc.GetMount().GetFsType(), MountFlags: vc.GetMount().GetMountFlags(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// NodeUnstageVolume implements csi.NodeServer.
+func (n *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	if err := checkPath("staging_target_path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
+	}
+	if err := n.Svc.Unstage(ctx, req.GetVolumeId(), req.GetStagingTargetPath()); err != nil {
+		return nil, err
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// NodePublishVolume implements csi.NodeServer.
+func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	if err := checkPath("target_path", req.GetTargetPath()); err != nil {
+		return nil, err
+	}
+	if err := checkPath("staging_target_path", req.GetStagingTargetPath()); err != nil {
+		return nil, err
+	}
+	vc := req.GetVolumeCapability()
+	if vc == nil {
+		return nil, invalid("volume_capability is required")
+	}
+	if err := validateCapabilities([]*csi.VolumeCapability{vc}); err != nil {
+		return nil, err
+	}
+	err := n.Svc.Publish(ctx, node.PublishRequest{
+		VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(), TargetPath: req.GetTargetPath(),
+		ReadOnly: req.GetReadonly(), Block: vc.GetBlock() != nil, MountFlags: vc.GetMount().GetMountFlags(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// NodeUnpublishVolume implements csi.NodeServer.
+func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	if err := checkPath("target_path", req.GetTargetPath()); err != nil {
+		return nil, err
+	}
+	if err := n.Svc.Unpublish(ctx, req.GetVolumeId(), req.GetTargetPath()); err != nil {
+		return nil, err
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// NodeGetVolumeStats implements csi.NodeServer.
+func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	if req.GetVolumePath() == "" {
+		return nil, invalid("volume_path is required")
+	}
+	usage, err := n.Svc.Stats(ctx, req.GetVolumeId(), req.GetVolumePath())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.NodeGetVolumeStatsResponse{Usage: usage}, nil
+}
+
+// NodeGetVolumeHealth implements csi.NodeServer (CSI 1.13's replacement
+// for volume_condition): INACCESSIBLE when the mapping or a mount is broken.
+func (n *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	h, err := n.Svc.Health(ctx, req.GetVolumeId(), req.GetVolumePublishPath())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 }
 
 // NodeGetInfo implements csi.NodeServer.
@@ -28,5 +178,14 @@ func (n *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeG
 
 // NodeGetCapabilities implements csi.NodeServer.
 func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	return &csi.NodeGetCapabilitiesResponse{}, nil
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
 }

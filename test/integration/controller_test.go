@@ -442,3 +442,8 @@ func TestRecoverUndoesInterruptedCreate(t *testing.T) {
 		t.Fatalf("a finished create is still pending: %v", p)
 	}
 }
+
+func statusOf(err error) (codes.Code, string) {
+	st := status.Convert(err)
+	return st.Code(), st.Message()
+}

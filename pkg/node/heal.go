@@ -1,0 +1,105 @@
+package node
+
+import (
+	"context"
+
+	"github.com/basalt-csi/basalt/pkg/node/mapper"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// HealAll runs when the node plugin starts: for every volume it staged
+// before, it checks that the mapping is alive and, if not (an rbd-nbd or
+// rbd-fuse process died with the old plugin, a krbd mapping vanished with a
+// reboot), maps it again and re-mounts the staging and target paths in
+// place, so pods keep their paths. It returns how many volumes it healed.
+func (s *Service) HealAll(ctx context.Context) (healed int, failed int) {
+	recs, err := s.Store.All()
+	if err != nil {
+		s.Log.Error("cannot read staging records; nothing healed", "error", err)
+		return 0, 0
+	}
+	for uuid, rec := range recs {
+		log := s.Log.With("volume", rec.VolumeID, "staging", rec.StagingPath)
+		unlock, err := s.lock(ctx, rec.VolumeID)
+		if err != nil {
+			failed++
+			continue
+		}
+		if err := s.verifyStaged(ctx, rec); err == nil {
+			log.Info("staged volume is alive", "device", rec.Mapping.Device)
+			unlock()
+			continue
+		} else {
+			log.Warn("staged volume is broken; re-mapping it", "reason", err)
+		}
+		if err := s.heal(ctx, uuid, rec); err != nil {
+			log.Error("could not heal the staged volume", "error", err)
+			failed++
+		} else {
+			healed++
+		}
+		unlock()
+	}
+	return healed, failed
+}
+
+// heal re-establishes rec in place: the caller holds the volume's lock.
+func (s *Service) heal(ctx context.Context, uuid string, rec *Record) error {
+	log := s.Log.With("volume", rec.VolumeID, "staging", rec.StagingPath)
+	// rbd-nbd can re-attach a new daemon to the same device (by cookie): the
+	// mounts above it then never notice.
+	if r, ok := s.Mapper.(reattacher); ok {
+		err := r.Reattach(ctx, rec.Spec, rec.Mapping)
+		if err == nil && s.verifyStaged(ctx, rec) == nil {
+			log.Info("staged volume healed: mapping re-attached in place", "device", rec.Mapping.Device)
+			return nil
+		}
+		log.Warn("re-attaching failed; mapping anew", "error", err)
+	}
+	// Mounts over the dead device are useless and would keep it busy.
+	for _, t := range rec.Targets {
+		if mounted, _ := s.Mounts.IsMounted(t.Path); mounted {
+			if err := s.Mounts.UnmountLazy(ctx, t.Path); err != nil {
+				return status.Errorf(codes.Internal, "detaching target %s: %v", t.Path, err)
+			}
+		}
+	}
+	if !rec.Block {
+		if mounted, _ := s.Mounts.IsMounted(rec.StagingPath); mounted {
+			if err := s.Mounts.UnmountLazy(ctx, rec.StagingPath); err != nil {
+				return status.Errorf(codes.Internal, "detaching staging %s: %v", rec.StagingPath, err)
+			}
+		}
+	}
+	old := rec.Mapping
+	if err := s.Mapper.Unmap(ctx, rec.Spec, old); err != nil {
+		log.Warn("could not clear the dead mapping; mapping anew anyway", "device", old.Device, "error", err)
+	}
+	m, err := s.Mapper.Map(ctx, rec.Spec)
+	if err != nil {
+		return status.Errorf(codes.Internal, "re-mapping %s/%s: %v", rec.Spec.Pool, rec.Spec.Image, err)
+	}
+	rec.Mapping = m
+	if err := s.Store.Save(uuid, rec); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	if !rec.Block {
+		if err := s.mountStaging(ctx, log, rec); err != nil {
+			return err
+		}
+	}
+	for _, t := range rec.Targets {
+		if err := s.bind(ctx, rec, t.Path, t.ReadOnly, nil); err != nil {
+			return err
+		}
+	}
+	log.Info("staged volume healed: re-mapped and re-mounted in place",
+		"oldDevice", old.Device, "device", m.Device, "targets", len(rec.Targets))
+	return nil
+}
+
+type reattacher interface {
+	Reattach(ctx context.Context, spec mapper.Spec, m mapper.Mapping) error
+}

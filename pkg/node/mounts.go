@@ -1,0 +1,218 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// CommandTimeout bounds every command the node runs through mount-utils
+// (mount, umount, mkfs, fsck, blkid, resize2fs, xfs_growfs).
+var CommandTimeout = 2 * time.Minute
+
+// timedExec gives every command mount-utils runs through Exec a deadline.
+type timedExec struct{ utilexec.Interface }
+
+func (e timedExec) Command(cmd string, args ...string) utilexec.Cmd {
+	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
+	time.AfterFunc(CommandTimeout+time.Second, cancel)
+	return e.Interface.CommandContext(ctx, cmd, args...)
+}
+
+// Mounts wraps mount-utils so that every call has a deadline: mount-utils
+// runs mount(8) without one, so a call that does not return in time is
+// abandoned and reported (the caller's lock is released).
+type Mounts struct {
+	m *mount.SafeFormatAndMount
+}
+
+// NewMounts returns the host's mounter.
+func NewMounts() *Mounts {
+	ex := timedExec{utilexec.New()}
+	return &Mounts{m: &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: ex}}
+}
+
+func withDeadline(ctx context.Context, what string, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, CommandTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%s: no answer within %v", what, CommandTimeout)
+	}
+}
+
+// formatOptions avoid discarding a thin RBD image block by block at mkfs
+// time (slow, and pointless on a fresh image), and defer inode-table work.
+func formatOptions(fs string) []string {
+	switch fs {
+	case "xfs":
+		return []string{"-K"}
+	default:
+		return []string{"-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1"}
+	}
+}
+
+// FormatAndMount mounts dev at target, formatting it with fs if it is blank.
+func (m *Mounts) FormatAndMount(ctx context.Context, dev, target, fs string, opts []string) error {
+	return withDeadline(ctx, "mounting "+dev, func() error {
+		return m.m.FormatAndMountSensitiveWithFormatOptions(dev, target, fs, opts, nil, formatOptions(fs))
+	})
+}
+
+// Mount runs mount(8).
+func (m *Mounts) Mount(ctx context.Context, source, target, fs string, opts []string) error {
+	return withDeadline(ctx, "mounting "+source, func() error { return m.m.Mount(source, target, fs, opts) })
+}
+
+// Unmount unmounts target if it is mounted.
+func (m *Mounts) Unmount(ctx context.Context, target string) error {
+	mounted, err := m.IsMounted(target)
+	if err != nil || !mounted {
+		return err
+	}
+	return withDeadline(ctx, "unmounting "+target, func() error { return m.m.Unmount(target) })
+}
+
+// UnmountLazy detaches target even if busy or its device is dead.
+func (m *Mounts) UnmountLazy(ctx context.Context, target string) error {
+	out, err := m.m.Exec.Command("umount", "-l", target).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("umount -l %s: %v: %s", target, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// IsMounted reports whether path is a mount point. A path that does not
+// exist is not mounted; one whose mount is broken is.
+func (m *Mounts) IsMounted(path string) (bool, error) {
+	ok, err := m.m.IsMountPoint(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return false, nil
+		}
+		if mount.IsCorruptedMnt(err) {
+			return true, nil
+		}
+		return false, err
+	}
+	return ok, nil
+}
+
+// SourceOf returns the device mounted at path ("" if none), from mountinfo.
+func (m *Mounts) SourceOf(path string) (string, error) {
+	mps, err := m.m.List()
+	if err != nil {
+		return "", err
+	}
+	path = filepath.Clean(path)
+	src := ""
+	for _, mp := range mps {
+		if mp.Path == path {
+			src = mp.Device // the last one wins: it is on top
+		}
+	}
+	return src, nil
+}
+
+// MountedAt lists where dev is mounted (bind mounts of it included).
+func (m *Mounts) MountedAt(dev string) ([]string, error) {
+	mps, err := m.m.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, mp := range mps {
+		if mp.Device == dev {
+			out = append(out, mp.Path)
+		}
+	}
+	return out, nil
+}
+
+// Resize grows the filesystem on dev mounted at path if the device is larger.
+func (m *Mounts) Resize(ctx context.Context, dev, path string) (bool, error) {
+	r := mount.NewResizeFs(m.m.Exec)
+	var grew bool
+	err := withDeadline(ctx, "resizing "+dev, func() error {
+		need, err := r.NeedResize(dev, path)
+		if err != nil || !need {
+			return err
+		}
+		grew = true
+		_, err = r.Resize(dev, path)
+		return err
+	})
+	return grew, err
+}
+
+func isCorrupted(err error) bool {
+	return err != nil && (mount.IsCorruptedMnt(err) || strings.Contains(err.Error(), "transport endpoint is not connected"))
+}
+
+// GrowExt4Offline grows an unmounted ext2/3/4 filesystem on dev to fill the
+// device (e2fsck -f, then resize2fs). Growing before the first mount needs
+// no CAP_SYS_RESOURCE, which online resize does, and is what a clone from a
+// small golden image needs anyway. It reports whether it grew anything.
+func (m *Mounts) GrowExt4Offline(ctx context.Context, dev string) (bool, error) {
+	format, err := m.m.GetDiskFormat(dev)
+	if err != nil || (format != "ext4" && format != "ext3" && format != "ext2") {
+		return false, err
+	}
+	fsBytes, err := m.ext4Size(dev)
+	if err != nil {
+		return false, err
+	}
+	devBytes, err := deviceSize(dev)
+	if err != nil {
+		return false, err
+	}
+	// resize2fs works in whole blocks; less than 1 MiB of slack is not worth it.
+	if devBytes-fsBytes < 1<<20 {
+		return false, nil
+	}
+	// resize2fs insists on a freshly checked filesystem. -p repairs only what
+	// is safe; exit codes 0 and 1 mean clean or fixed.
+	if out, err := m.m.Exec.Command("e2fsck", "-f", "-p", dev).CombinedOutput(); err != nil {
+		if ee, ok := err.(utilexec.ExitError); !ok || ee.ExitStatus() > 1 {
+			return false, fmt.Errorf("e2fsck -f -p %s: %v: %s", dev, err, strings.TrimSpace(string(out)))
+		}
+	}
+	if out, err := m.m.Exec.Command("resize2fs", dev).CombinedOutput(); err != nil {
+		return false, fmt.Errorf("resize2fs %s: %v: %s", dev, err, strings.TrimSpace(string(out)))
+	}
+	return true, nil
+}
+
+func (m *Mounts) ext4Size(dev string) (int64, error) {
+	out, err := m.m.Exec.Command("dumpe2fs", "-h", dev).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("dumpe2fs -h %s: %v", dev, err)
+	}
+	var blocks, size int64
+	for _, l := range strings.Split(string(out), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "Block count":
+			fmt.Sscan(strings.TrimSpace(v), &blocks)
+		case "Block size":
+			fmt.Sscan(strings.TrimSpace(v), &size)
+		}
+	}
+	if blocks == 0 || size == 0 {
+		return 0, fmt.Errorf("dumpe2fs -h %s: no block count or size", dev)
+	}
+	return blocks * size, nil
+}

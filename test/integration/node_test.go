@@ -1,0 +1,395 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// nodePlugin is basalt-csi --mode=node with the fuse mapper, as a process.
+type nodePlugin struct {
+	t        *testing.T
+	id       string
+	stateDir string
+	sock     string
+	cmd      *exec.Cmd
+	log      *bytes.Buffer
+	node     csi.NodeClient
+}
+
+func startNode(t *testing.T, d *testDriver, id string) *nodePlugin {
+	t.Helper()
+	n := &nodePlugin{t: t, id: id, stateDir: t.TempDir(), sock: filepath.Join(t.TempDir(), "node.sock")}
+	n.start()
+	t.Cleanup(func() { n.kill() })
+	// Wait for registration so ControllerPublish finds the node.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := registry(t, d).Node(tctx(t), id); err == nil {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s did not register:\n%s", id, n.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (n *nodePlugin) start() {
+	n.t.Helper()
+	n.log = &bytes.Buffer{}
+	n.cmd = exec.Command(binary, "--mode=node", "--node-id", n.id, "--zone", "zone-a", "--mapper", "fuse",
+		"--state-dir", n.stateDir, "--config", cfgPath, "--endpoint", "unix://"+n.sock)
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("unix://"+n.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() { conn.Close() })
+	n.node = csi.NewNodeClient(conn)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := n.node.NodeGetInfo(context.Background(), &csi.NodeGetInfoRequest{}); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("node plugin not serving:\n%s", n.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (n *nodePlugin) kill() {
+	if n.cmd != nil && n.cmd.Process != nil {
+		_ = n.cmd.Process.Signal(syscall.SIGKILL)
+		_ = n.cmd.Wait()
+	}
+}
+
+// rbdFusePIDs finds the rbd-fuse daemons this node plugin started (their
+// mount points are under its state directory).
+func (n *nodePlugin) rbdFusePIDs() []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(string(cmdline), "\x00")
+		if len(args) > 0 && filepath.Base(args[0]) == "rbd-fuse" && strings.Contains(string(cmdline), n.stateDir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// leftovers lists what a torn-down volume must not leave behind.
+func (n *nodePlugin) leftovers(t *testing.T, paths ...string) []string {
+	var out []string
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mounts), "\n") {
+		for _, p := range append(paths, n.stateDir) {
+			if strings.Contains(l, " "+p) {
+				out = append(out, "mount: "+l)
+			}
+		}
+	}
+	loops, _ := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").Output()
+	for _, l := range strings.Split(string(loops), "\n") {
+		if strings.Contains(l, n.stateDir) {
+			out = append(out, "loop: "+l)
+		}
+	}
+	if pids := n.rbdFusePIDs(); len(pids) > 0 {
+		out = append(out, "rbd-fuse processes: "+strconv.Itoa(len(pids)))
+	}
+	entries, _ := os.ReadDir(filepath.Join(n.stateDir, "volumes"))
+	for _, e := range entries {
+		out = append(out, "staging record: "+e.Name())
+	}
+	return out
+}
+
+func mountVC(fs string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+func stage(ctx context.Context, n *nodePlugin, vol, path string, vc *csi.VolumeCapability) error {
+	_, err := n.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: path, VolumeCapability: vc})
+	return err
+}
+
+func nodePublish(ctx context.Context, n *nodePlugin, vol, staging, target string, vc *csi.VolumeCapability, ro bool) error {
+	_, err := n.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol, StagingTargetPath: staging, TargetPath: target, VolumeCapability: vc, Readonly: ro})
+	return err
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func nodeUnpublish(t *testing.T, n *nodePlugin, vol, target string) {
+	t.Helper()
+	_, err := n.node.NodeUnpublishVolume(tctx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target})
+	must(t, err)
+}
+
+func unstage(t *testing.T, n *nodePlugin, vol, staging string) {
+	t.Helper()
+	_, err := n.node.NodeUnstageVolume(tctx(t), &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+	must(t, err)
+}
+
+func TestNodeMountVolumeLifecycle(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	n := startNode(t, d, "node-fuse")
+	ctx := tctx(t)
+	v := create(t, d, "pvc-node-mount", gib, map[string]string{"image": golden}, zoneReq("zone-a"))
+	vol := v.GetVolumeId()
+	vc := mountVC("ext4")
+	root := t.TempDir()
+	staging, target := filepath.Join(root, "staging"), filepath.Join(root, "target")
+	must(t, os.MkdirAll(staging, 0o750))
+
+	// Stage before ControllerPublish: refused.
+	err := stage(ctx, n, vol, staging, vc)
+	wantCode(t, err, codes.FailedPrecondition, "not published")
+	// Publish without stage: refused, nothing bound.
+	_, err = publish(ctx, d.ctrl, vol, "node-fuse", vc, false)
+	must(t, err)
+	err = nodePublish(ctx, n, vol, staging, target, vc, false)
+	wantCode(t, err, codes.FailedPrecondition, "not staged")
+
+	must(t, stage(ctx, n, vol, staging, vc))
+	must(t, stage(ctx, n, vol, staging, vc)) // idempotent
+	must(t, nodePublish(ctx, n, vol, staging, target, vc, false))
+	must(t, nodePublish(ctx, n, vol, staging, target, vc, false)) // idempotent
+	got, err := os.ReadFile(filepath.Join(target, "golden.txt"))
+	if err != nil || strings.TrimSpace(string(got)) != goldenText {
+		t.Fatalf("golden.txt through the target: %q %v", got, err)
+	}
+	must(t, os.WriteFile(filepath.Join(target, "mine.txt"), []byte("written by the pod\n"), 0o644))
+	// The 64 MiB golden filesystem was grown to the 1 GiB volume.
+	stats, err := n.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol, VolumePath: target})
+	must(t, err)
+	if total := stats.GetUsage()[0].GetTotal(); total < 900<<20 {
+		t.Fatalf("filesystem is %d bytes, not grown to ~1 GiB", total)
+	}
+	if inodes := stats.GetUsage()[1]; inodes.GetUnit() != csi.VolumeUsage_INODES || inodes.GetTotal() == 0 {
+		t.Fatalf("inode stats %v", inodes)
+	}
+	// Unstage while published: refused.
+	_, err = n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+	wantCode(t, err, codes.FailedPrecondition, "still published")
+
+	nodeUnpublish(t, n, vol, target)
+	nodeUnpublish(t, n, vol, target) // idempotent
+	unstage(t, n, vol, staging)
+	unstage(t, n, vol, staging) // idempotent
+	if left := n.leftovers(t, staging, target); len(left) > 0 {
+		t.Fatalf("left after unstage: %v", left)
+	}
+
+	// A second stage on fresh paths sees the data written before: it reached Ceph.
+	staging2, target2 := filepath.Join(root, "staging2"), filepath.Join(root, "target2")
+	must(t, os.MkdirAll(staging2, 0o750))
+	must(t, stage(ctx, n, vol, staging2, vc))
+	must(t, nodePublish(ctx, n, vol, staging2, target2, vc, false))
+	if got, err := os.ReadFile(filepath.Join(target2, "mine.txt")); err != nil || string(got) != "written by the pod\n" {
+		t.Fatalf("mine.txt after re-staging: %q %v", got, err)
+	}
+
+	// The node plugin dies with its rbd-fuse daemon (as in a container).
+	pids := n.rbdFusePIDs()
+	if len(pids) != 1 {
+		t.Fatalf("%d rbd-fuse daemons for one staged volume", len(pids))
+	}
+	must(t, syscall.Kill(pids[0], syscall.SIGKILL))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h, err := n.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: vol, VolumePublishPath: target2})
+		must(t, err)
+		st := h.GetVolumeHealth().GetHealthStatuses()
+		if len(st) > 0 && st[0].GetStatus() == csi.VolumeHealthErrorType_INACCESSIBLE {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("volume with a dead rbd-fuse reported healthy: %v", h)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	n.kill()
+	n.start()
+	if !strings.Contains(n.log.String(), "staged volume healed") {
+		t.Fatalf("the restarted plugin did not heal the volume:\n%s", n.log)
+	}
+	// Usable again at the same target, without re-staging.
+	must(t, os.WriteFile(filepath.Join(target2, "after-restart.txt"), []byte("still here\n"), 0o644))
+	if got, err := os.ReadFile(filepath.Join(target2, "mine.txt")); err != nil || string(got) != "written by the pod\n" {
+		t.Fatalf("mine.txt after healing: %q %v", got, err)
+	}
+	h, err := n.node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: vol, VolumePublishPath: target2})
+	must(t, err)
+	if len(h.GetVolumeHealth().GetHealthStatuses()) != 0 {
+		t.Fatalf("healed volume reported unhealthy: %v", h)
+	}
+
+	nodeUnpublish(t, n, vol, target2)
+	unstage(t, n, vol, staging2)
+	unpublish(t, d.ctrl, vol, "node-fuse")
+	if left := n.leftovers(t, staging, target, staging2, target2); len(left) > 0 {
+		t.Fatalf("left after teardown: %v", left)
+	}
+	// The killed rbd-fuse's watch on the image lingers until the OSD times it
+	// out (about 30 s); until then delete is refused, as for any open image,
+	// and the CO retries.
+	deadline = time.Now().Add(90 * time.Second)
+	for {
+		_, err := d.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: vol})
+		if err == nil {
+			break
+		}
+		if codeOf(err) != codes.FailedPrecondition || time.Now().After(deadline) {
+			t.Fatalf("delete after teardown: %v", err)
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+func TestNodeBlockVolume(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	n := startNode(t, d, "node-block")
+	ctx := tctx(t)
+	v := create(t, d, "pvc-node-block", 256<<20, nil, nil)
+	vol := v.GetVolumeId()
+	vc := capFor(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, true)
+	root := t.TempDir()
+	staging, target := filepath.Join(root, "staging"), filepath.Join(root, "dev")
+	must(t, os.MkdirAll(staging, 0o750))
+	_, err := publish(ctx, d.ctrl, vol, "node-block", vc, false)
+	must(t, err)
+	must(t, stage(ctx, n, vol, staging, vc))
+	must(t, nodePublish(ctx, n, vol, staging, target, vc, false))
+	payload := bytes.Repeat([]byte("basalt-block!"), 1000)
+	f, err := os.OpenFile(target, os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt(payload, 1<<20)
+	must(t, err)
+	must(t, f.Sync())
+	f.Close()
+	stats, err := n.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol, VolumePath: target})
+	must(t, err)
+	if stats.GetUsage()[0].GetTotal() != 256<<20 {
+		t.Fatalf("block size %v", stats.GetUsage())
+	}
+	nodeUnpublish(t, n, vol, target)
+	unstage(t, n, vol, staging)
+	if left := n.leftovers(t, staging, target); len(left) > 0 {
+		t.Fatalf("left after unstage: %v", left)
+	}
+	// Re-stage and read the bytes back from Ceph.
+	must(t, stage(ctx, n, vol, staging, vc))
+	must(t, nodePublish(ctx, n, vol, staging, target, vc, false))
+	got := make([]byte, len(payload))
+	f, err = os.Open(target)
+	must(t, err)
+	_, err = f.ReadAt(got, 1<<20)
+	f.Close()
+	must(t, err)
+	if !bytes.Equal(got, payload) {
+		t.Fatal("bytes read back differ from those written")
+	}
+	nodeUnpublish(t, n, vol, target)
+	unstage(t, n, vol, staging)
+	unpublish(t, d.ctrl, vol, "node-block")
+	del(t, d, vol)
+	if left := n.leftovers(t, staging, target); len(left) > 0 {
+		t.Fatalf("left after teardown: %v", left)
+	}
+}
+
+func TestNodeReadOnlyAttachmentMapsReadOnly(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	n := startNode(t, d, "node-ro")
+	ctx := tctx(t)
+	v := create(t, d, "pvc-node-ro", gib, map[string]string{"image": golden}, nil)
+	vol := v.GetVolumeId()
+	vc := capFor(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY, false)
+	root := t.TempDir()
+	staging, target := filepath.Join(root, "staging"), filepath.Join(root, "target")
+	must(t, os.MkdirAll(staging, 0o750))
+	pc, err := publish(ctx, d.ctrl, vol, "node-ro", vc, true)
+	must(t, err)
+	if pc["mode"] != "ro" {
+		t.Fatalf("publish context %v", pc)
+	}
+	must(t, stage(ctx, n, vol, staging, vc))
+	must(t, nodePublish(ctx, n, vol, staging, target, vc, true))
+	if got, err := os.ReadFile(filepath.Join(target, "golden.txt")); err != nil || strings.TrimSpace(string(got)) != goldenText {
+		t.Fatalf("golden.txt: %q %v", got, err)
+	}
+	err = os.WriteFile(filepath.Join(target, "nope.txt"), []byte("x"), 0o644)
+	if err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("write to a read-only attachment: %v", err)
+	}
+	err = os.WriteFile(filepath.Join(staging, "nope.txt"), []byte("x"), 0o644)
+	if err == nil {
+		t.Fatal("the staging mount of a read-only attachment is writable")
+	}
+	nodeUnpublish(t, n, vol, target)
+	unstage(t, n, vol, staging)
+	unpublish(t, d.ctrl, vol, "")
+	del(t, d, vol)
+}
+
+func TestNodeRefusesBadRequests(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	n := startNode(t, d, "node-bad")
+	ctx := tctx(t)
+	vc := mountVC("ext4")
+	for _, tc := range []struct {
+		err  error
+		code codes.Code
+	}{
+		{stage(ctx, n, "", "/tmp/x", vc), codes.InvalidArgument},
+		{stage(ctx, n, "vol", "relative/path", vc), codes.InvalidArgument},
+		{stage(ctx, n, "vol", "/tmp/../etc", vc), codes.InvalidArgument},
+		{stage(ctx, n, "vol", "/tmp/x", nil), codes.InvalidArgument},
+		{stage(ctx, n, "not-a-basalt-id", "/tmp/x", vc), codes.NotFound},
+		{stage(ctx, n, "bsl1.00000000000000000000000000000000.1."+strings.Repeat("c", 32), "/tmp/x", vc), codes.NotFound},
+		{nodePublish(ctx, n, "not-a-basalt-id", "/tmp/s", "/tmp/t", vc, false), codes.NotFound},
+		{nodePublish(ctx, n, "bsl1.00000000000000000000000000000000.1."+strings.Repeat("c", 32), "/tmp/s", "/tmp/t", vc, false), codes.FailedPrecondition},
+	} {
+		if c := codeOf(tc.err); c != tc.code {
+			t.Errorf("got %v, want %v", tc.err, tc.code)
+		}
+	}
+}
+
+func codeOf(err error) codes.Code {
+	st, _ := statusOf(err)
+	return st
+}
