@@ -33,8 +33,11 @@ unit:
 	$(GO) test -race -count=1 ./pkg/...
 
 # Integration tests start their own Ceph clusters through test/ceph-cluster.sh.
+# The full log (driver logs included) is kept in _output/integration.log.
 integration: build
-	$(GO) test -count=1 -timeout 30m -v ./test/integration/... 2>&1 | tee _output/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+	@mkdir -p _output
+	$(GO) test -count=1 -timeout 30m -v ./test/integration/... 2>&1 | tee _output/integration.log \
+	  | grep -E '^(--- |PASS|FAIL|ok|panic)|^\s+\S+_test.go:[0-9]+: ' | grep -vE '_test.go:[0-9]+: time=' ; exit $${PIPESTATUS[0]}
 
 test: deps lint unit integration
 

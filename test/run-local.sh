@@ -42,4 +42,4 @@ Talk to it with csc (bin/csc; make csc builds it), for example:
 Config: $run/config.yaml   Ceph: CEPH_CONF=$CEPH_CONF (rbd -c \$CEPH_CONF ls volumes)
 
 MSG
-bin/basalt-csi --mode=all --endpoint "unix://$sock" --config "$run/config.yaml" --node-id "$(hostname)" --zone zone-a
+bin/basalt-csi --mode=all --endpoint "unix://$sock" --config "$run/config.yaml" --node-id "$(hostname)" --zone zone-a --state-dir "$run/state"

@@ -263,14 +263,19 @@ func TestNodeMountVolumeLifecycle(t *testing.T) {
 	if left := n.leftovers(t, staging, target, staging2, target2); len(left) > 0 {
 		t.Fatalf("left after teardown: %v", left)
 	}
-	// The killed rbd-fuse's watch on the image lingers until the OSD times it
-	// out (about 30 s); until then delete is refused, as for any open image,
-	// and the CO retries.
-	deadline = time.Now().Add(90 * time.Second)
+	delEventually(t, d, vol)
+}
+
+// delEventually deletes a volume whose rbd-fuse daemon was killed: its
+// watch on the image lingers until the OSD times it out (about 30 s), until
+// then delete is refused as for any open image, and the CO retries.
+func delEventually(t *testing.T, d *testDriver, vol string) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		_, err := d.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: vol})
 		if err == nil {
-			break
+			return
 		}
 		if codeOf(err) != codes.FailedPrecondition || time.Now().After(deadline) {
 			t.Fatalf("delete after teardown: %v", err)
@@ -322,13 +327,65 @@ func TestNodeBlockVolume(t *testing.T) {
 	if !bytes.Equal(got, payload) {
 		t.Fatal("bytes read back differ from those written")
 	}
+	// Healing a block volume: the daemon and the plugin die; the target path
+	// is bound to the new device and the data is still there.
+	pids := n.rbdFusePIDs()
+	if len(pids) != 1 {
+		t.Fatalf("%d rbd-fuse daemons", len(pids))
+	}
+	n.kill()
+	must(t, syscall.Kill(pids[0], syscall.SIGKILL))
+	n.start()
+	if !strings.Contains(n.log.String(), "staged volume healed") {
+		t.Fatalf("block volume not healed:\n%s", n.log)
+	}
+	f, err = os.Open(target)
+	must(t, err)
+	got = make([]byte, len(payload))
+	_, err = f.ReadAt(got, 1<<20)
+	f.Close()
+	must(t, err)
+	if !bytes.Equal(got, payload) {
+		t.Fatal("bytes read after healing differ")
+	}
 	nodeUnpublish(t, n, vol, target)
 	unstage(t, n, vol, staging)
 	unpublish(t, d.ctrl, vol, "node-block")
-	del(t, d, vol)
 	if left := n.leftovers(t, staging, target); len(left) > 0 {
 		t.Fatalf("left after teardown: %v", left)
 	}
+	delEventually(t, d, vol)
+}
+
+func TestNodeXFS(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	n := startNode(t, d, "node-xfs")
+	ctx := tctx(t)
+	v := create(t, d, "pvc-node-xfs", 512<<20, nil, nil)
+	vol := v.GetVolumeId()
+	vc := mountVC("xfs")
+	root := t.TempDir()
+	staging, target := filepath.Join(root, "staging"), filepath.Join(root, "target")
+	_, err := publish(ctx, d.ctrl, vol, "node-xfs", vc, false)
+	must(t, err)
+	must(t, stage(ctx, n, vol, staging, vc))
+	must(t, nodePublish(ctx, n, vol, staging, target, vc, false))
+	must(t, os.WriteFile(filepath.Join(target, "x.txt"), []byte("xfs"), 0o644))
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	found := false
+	for _, l := range strings.Split(string(mounts), "\n") {
+		found = found || (strings.Contains(l, " "+staging+" ") && strings.Contains(l, " - xfs "))
+	}
+	if !found {
+		t.Fatalf("%s is not an xfs mount", staging)
+	}
+	// Staging again as ext4 is a different volume capability: refused.
+	err = stage(ctx, n, vol, staging, mountVC("ext4"))
+	wantCode(t, err, codes.AlreadyExists)
+	nodeUnpublish(t, n, vol, target)
+	unstage(t, n, vol, staging)
+	unpublish(t, d.ctrl, vol, "")
+	del(t, d, vol)
 }
 
 func TestNodeReadOnlyAttachmentMapsReadOnly(t *testing.T) {
