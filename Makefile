@@ -7,7 +7,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all deps build run csc test unit integration lint clean
+.PHONY: all deps build run csc test unit integration sanity walkthrough lint clean
 
 all: build
 
@@ -39,7 +39,17 @@ integration: build
 	$(GO) test -count=1 -timeout 30m -v ./test/integration/... 2>&1 | tee _output/integration.log \
 	  | grep -E '^(--- |PASS|FAIL|ok|panic)|^\s+\S+_test.go:[0-9]+: ' | grep -vE '_test.go:[0-9]+: time=' ; exit $${PIPESTATUS[0]}
 
-test: deps lint unit integration
+# csi-sanity (csi-test v5.6.0) against a real driver and cluster, mount and block.
+sanity: build
+	@mkdir -p _output
+	$(GO) test -count=1 -timeout 40m -v -run '^TestSanity$$' ./test/sanity/ 2>&1 | tee _output/sanity.log \
+	  | grep -E '^sanity|^(--- |PASS|FAIL|ok|panic)|^\s+\S+_test.go:[0-9]+: ' ; exit $${PIPESTATUS[0]}
+
+# The whole lifecycle with csc against a local cluster.
+walkthrough: build csc
+	examples/csc/walkthrough.sh
+
+test: deps lint unit integration sanity walkthrough
 
 clean:
 	-test/ceph-cluster.sh stop-all

@@ -118,6 +118,7 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 	err := n.Svc.Publish(ctx, node.PublishRequest{
 		VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(), TargetPath: req.GetTargetPath(),
 		ReadOnly: req.GetReadonly(), Block: vc.GetBlock() != nil, MountFlags: vc.GetMount().GetMountFlags(),
+		SingleWriter: vc.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
 	})
 	if err != nil {
 		return nil, err

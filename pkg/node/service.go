@@ -293,6 +293,8 @@ type PublishRequest struct {
 	ReadOnly                          bool
 	Block                             bool
 	MountFlags                        []string
+	// SingleWriter is SINGLE_NODE_SINGLE_WRITER: one publish on the node at a time.
+	SingleWriter bool
 }
 
 // Publish bind-mounts the staged filesystem (or the block device) at the
@@ -328,6 +330,13 @@ func (s *Service) Publish(ctx context.Context, req PublishRequest) error {
 			return status.Errorf(codes.AlreadyExists, "%s is already published with readonly=%v", req.TargetPath, rec.Targets[i].ReadOnly)
 		}
 		return nil // idempotent
+	}
+	if req.SingleWriter {
+		for _, t := range rec.Targets {
+			if t.Path != req.TargetPath {
+				return status.Errorf(codes.FailedPrecondition, "volume %s has access mode SINGLE_NODE_SINGLE_WRITER and is already published at %s", req.VolumeID, t.Path)
+			}
+		}
 	}
 	if err := s.bind(ctx, rec, req.TargetPath, req.ReadOnly, req.MountFlags); err != nil {
 		return err

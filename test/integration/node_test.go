@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/basalt-csi/basalt/test/testutil"
 )
 
 // nodePlugin is basalt-csi --mode=node with the fuse mapper, as a process.
@@ -33,7 +35,10 @@ func startNode(t *testing.T, d *testDriver, id string) *nodePlugin {
 	t.Helper()
 	n := &nodePlugin{t: t, id: id, stateDir: t.TempDir(), sock: filepath.Join(t.TempDir(), "node.sock")}
 	n.start()
-	t.Cleanup(func() { n.kill() })
+	t.Cleanup(func() {
+		n.kill()
+		testutil.CleanNodeState(n.stateDir)
+	})
 	// Wait for registration so ControllerPublish finds the node.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -83,22 +88,7 @@ func (n *nodePlugin) kill() {
 
 // rbdFusePIDs finds the rbd-fuse daemons this node plugin started (their
 // mount points are under its state directory).
-func (n *nodePlugin) rbdFusePIDs() []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		args := strings.Split(string(cmdline), "\x00")
-		if len(args) > 0 && filepath.Base(args[0]) == "rbd-fuse" && strings.Contains(string(cmdline), n.stateDir) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
+func (n *nodePlugin) rbdFusePIDs() []int { return testutil.RBDFusePIDs(n.stateDir) }
 
 // leftovers lists what a torn-down volume must not leave behind.
 func (n *nodePlugin) leftovers(t *testing.T, paths ...string) []string {

@@ -29,6 +29,9 @@ type FUSE struct {
 	timeout time.Duration
 }
 
+// rbdFuseOpTimeout (seconds) bounds each librados call of an rbd-fuse daemon.
+const rbdFuseOpTimeout = 60
+
 // NewFUSE returns a fuse mapper keeping its mount points under baseDir.
 func NewFUSE(r Runner, baseDir string) *FUSE {
 	return &FUSE{r: r, baseDir: baseDir, timeout: DefaultTimeout}
@@ -111,7 +114,11 @@ func (f *FUSE) startRBDFuse(ctx context.Context, s Spec, dir string) error {
 	}
 	defer logf.Close()
 	cmd := exec.CommandContext(ctx, "rbd-fuse", "-c", s.CephConf, "-p", s.Pool, "-r", s.Image, dir)
-	cmd.Env = append(os.Environ(), "CEPH_ARGS=--id "+s.User+" --keyring "+s.Keyring)
+	// Op timeouts make a lost cluster fail I/O instead of hanging it forever:
+	// a hung FUSE request blocks every process that so much as stats the
+	// loop device (mkfs, losetup --list, ...).
+	cmd.Env = append(os.Environ(), fmt.Sprintf("CEPH_ARGS=--id %s --keyring %s --rados_osd_op_timeout %d --rados_mon_op_timeout %d --client_mount_timeout %d",
+		s.User, s.Keyring, rbdFuseOpTimeout, rbdFuseOpTimeout, rbdFuseOpTimeout))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: the daemon must not share the plugin's signals.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
