@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The whole lifecycle of a Basalt volume, driven with csc against a real
+# local Ceph cluster and basalt-csi --mode=all (fuse mapper):
+#   plugin-info, probe, capabilities, create from a golden image, list,
+#   capacity, controller publish, node stage, node publish, stats,
+#   node unpublish, node unstage, controller unpublish, delete.
+# Every step prints what it shows; the script fails on the first wrong answer.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${BASALT_OUTPUT:-$ROOT/_output}/walkthrough
+CLUSTER=walkthrough
+rm -rf "$OUT"
+mkdir -p "$OUT"
+export PATH="$ROOT/bin:$PATH"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*" >&2; "$@"; }
+fail() { echo "walkthrough: FAILED: $*" >&2; exit 1; }
+
+DRIVER_PID=""
+cleanup() {
+  set +e
+  [ -n "$DRIVER_PID" ] && kill "$DRIVER_PID" 2>/dev/null && wait "$DRIVER_PID" 2>/dev/null
+  test/ceph-cluster.sh stop "$CLUSTER" >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+step "start a Ceph cluster with a golden image"
+eval "$(test/ceph-cluster.sh start "$CLUSTER")"
+test/ceph-cluster.sh create-pool "$CLUSTER" volumes
+test/ceph-cluster.sh create-pool "$CLUSTER" images
+test/golden-image.sh "$CEPH_CONF" images golden v1 64 "hello from the golden image"
+cat > "$OUT/config.yaml" <<YAML
+backends:
+  - name: local
+    cephConf: $CEPH_CONF
+    user: admin
+    keyring: $CEPH_KEYRING
+    pool: volumes
+    zone: zone-a
+YAML
+export CSI_ENDPOINT="unix://$OUT/csi.sock"
+NODE=walkthrough-node
+bin/basalt-csi --mode=all --config "$OUT/config.yaml" --endpoint "$CSI_ENDPOINT" --node-id "$NODE" \
+  --zone zone-a --mapper fuse --state-dir "$OUT/state" >"$OUT/driver.log" 2>&1 &
+DRIVER_PID=$!
+for _ in $(seq 100); do [ -S "$OUT/csi.sock" ] && break; sleep 0.1; done
+[ -S "$OUT/csi.sock" ] || fail "driver did not start; see $OUT/driver.log"
+echo "basalt-csi (pid $DRIVER_PID) on $CSI_ENDPOINT, log in $OUT/driver.log"
+
+step "identity: plugin-info, probe, capabilities"
+show csc identity plugin-info | tee "$OUT/out"
+grep -q '"rbd.basalt.dev"' "$OUT/out" || fail "driver name"
+show csc identity probe | tee "$OUT/out"
+grep -q true "$OUT/out" || fail "probe not ready"
+show csc identity plugin-capabilities
+show csc controller get-capabilities
+show csc node get-capabilities
+show csc node get-info | tee "$OUT/out"
+grep -q "$NODE" "$OUT/out" || fail "node id"
+
+CAP=SINGLE_NODE_WRITER,mount,ext4
+step "create a 1 GiB volume cloned from images/golden@v1"
+show csc controller create-volume --cap "$CAP" --params image=images/golden@v1 --req-bytes 1073741824 walkthrough-vol | tee "$OUT/out"
+VOL=$(head -1 "$OUT/out" | cut -f1 | tr -d '"')
+[[ $VOL == bsl1.* ]] || fail "no volume id"
+rbd -c "$CEPH_CONF" info "volumes/basalt-${VOL##*.}" | grep -q "parent: images/golden@v1" || fail "not a clone of the golden image"
+echo "(rbd info: a clone of images/golden@v1)"
+
+step "list volumes and capacity"
+show csc controller list-volumes | tee "$OUT/out"
+grep -q "$VOL" "$OUT/out" || fail "volume not listed"
+show csc controller get-capacity --cap "$CAP" | tee "$OUT/out"
+[ "$(head -1 "$OUT/out")" -gt 0 ] || fail "no capacity"
+
+step "controller publish to $NODE (the attachment record)"
+show csc controller publish --node-id "$NODE" --cap "$CAP" "$VOL" | tee "$OUT/out"
+PUBCTX=$(head -1 "$OUT/out" | cut -f2- | tr '\t' ',' | tr -d '"' | sed 's/,$//')
+show bin/basalt-csi attachments --config "$OUT/config.yaml"
+
+STAGE=$OUT/staging TARGET=$OUT/target
+mkdir -p "$STAGE"
+step "node stage (rbd-fuse + loop device, mount at $STAGE)"
+show csc node stage --staging-target-path "$STAGE" --cap "$CAP" --pub-context "$PUBCTX" "$VOL"
+step "node publish (bind mount at $TARGET)"
+show csc node publish --staging-target-path "$STAGE" --target-path "$TARGET" --cap "$CAP" --pub-context "$PUBCTX" "$VOL"
+show cat "$TARGET/golden.txt" | tee "$OUT/out"
+grep -q "hello from the golden image" "$OUT/out" || fail "golden file not visible"
+show sh -c "echo 'written through csc' > '$TARGET/mine.txt'"
+show df -h "$TARGET"
+
+step "node stats"
+show csc node stats "$VOL:$TARGET:$STAGE" | tee "$OUT/out"
+grep -q "BYTES\|bytes\|total" "$OUT/out" || fail "no stats"
+
+step "node unpublish, node unstage"
+show csc node unpublish --target-path "$TARGET" "$VOL"
+show csc node unstage --staging-target-path "$STAGE" "$VOL"
+if grep -q " $STAGE \| $TARGET \| $OUT/state" /proc/self/mountinfo; then fail "mounts left"; fi
+if losetup --list --noheadings --output BACK-FILE | grep -q "$OUT/state"; then fail "loop device left"; fi
+echo "(no mount, FUSE mount or loop device left)"
+
+step "controller unpublish, delete"
+show csc controller unpublish --node-id "$NODE" "$VOL"
+show csc controller delete-volume "$VOL"
+show csc controller list-volumes | tee "$OUT/out"
+if grep -q "$VOL" "$OUT/out"; then fail "volume still listed"; fi
+if rbd -c "$CEPH_CONF" ls volumes | grep -q basalt-; then fail "image left"; fi
+echo "(no image left in the pool)"
+
+echo
+echo "walkthrough: every step succeeded"
