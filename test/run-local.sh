@@ -22,6 +22,9 @@ backends:
     keyring: $CEPH_KEYRING
     pool: volumes
     zone: zone-a
+    # The demo OSD is an 8 GiB memstore and volumes are thin: allow 100x so
+    # conformance runs (64 volumes of 10 GiB for the attach limit) fit.
+    maxOverSubscriptionRatio: 100
     capabilities: {tier: standard}
 YAML
 
