@@ -2,8 +2,10 @@
 # librbd/librados (Ceph 16.2 Pacific, hence -tags pacific), on Debian 12 slim
 # with the tools the node plugin runs.
 FROM golang:1.26-bookworm AS build
+# test/packages.txt is the one package list (roles: runtime, build, test).
+COPY test/packages.txt /tmp/packages.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends librbd-dev librados-dev \
+ && apt-get install -y --no-install-recommends $(awk '!/^#/ && / build/ {print $1}' /tmp/packages.txt) \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -15,12 +17,13 @@ RUN CGO_ENABLED=1 go build -tags pacific -trimpath \
       -ldflags "-X main.version=${VERSION}" -o /out/basalt-csi ./cmd/basalt-csi
 
 FROM debian:12-slim
-# ceph-common: rbd CLI (krbd mapper) and librbd/librados at runtime;
-# rbd-nbd, rbd-fuse + fuse: the other mappers; the rest: mkfs, resize, mount.
+# The "runtime" packages: ceph-common (rbd CLI for krbd, librbd/librados),
+# rbd-nbd, rbd-fuse + fuse (the other mappers), e2fsprogs, xfsprogs,
+# util-linux (losetup, blkid), mount.
+COPY test/packages.txt /tmp/packages.txt
 RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      ceph-common rbd-nbd rbd-fuse fuse e2fsprogs xfsprogs util-linux mount \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends $(awk '!/^#/ && / runtime/ {print $1}' /tmp/packages.txt) \
+ && rm -rf /var/lib/apt/lists/* /tmp/packages.txt
 COPY --from=build /out/basalt-csi /usr/local/bin/basalt-csi
 # The node plugin needs root (mount, losetup, /dev); the controller does not
 # care. Kubernetes manifests set privileges per container.

@@ -7,7 +7,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all deps build run csc test unit integration sanity walkthrough lint clean
+.PHONY: all deps build run csc test unit integration sanity walkthrough e2e lint clean
 
 all: build
 
@@ -49,7 +49,13 @@ sanity: build
 walkthrough: build csc
 	examples/csc/walkthrough.sh
 
-test: deps lint unit integration sanity walkthrough
+# Real Kubernetes (built from Go modules, cached by version) + Ceph + Basalt.
+e2e: build
+	@mkdir -p _output
+	$(GO) test -count=1 -timeout 80m -v ./test/e2e/kubernetes/ 2>&1 | tee _output/e2e.log \
+	  | grep -E '^e2e|^(--- |PASS|FAIL|ok|panic)|^\s+\S+_test.go:[0-9]+: ' ; exit $${PIPESTATUS[0]}
+
+test: deps lint unit integration sanity walkthrough e2e
 
 clean:
 	-test/ceph-cluster.sh stop-all

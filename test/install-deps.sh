@@ -5,7 +5,7 @@
 # it installs only what is missing and prints nothing when all is there.
 set -euo pipefail
 
-mapfile -t packages < <(grep -v '^#' "$(dirname "$0")/packages.txt" | grep .)
+mapfile -t packages < <(awk '!/^#/ && NF {print $1}' "$(dirname "$0")/packages.txt")
 missing=()
 for p in "${packages[@]}"; do
   # fuse3 Breaks/Replaces fuse and still provides what rbd-fuse needs.
