@@ -96,6 +96,9 @@ cmd_start() {
   : "${BIN:?BIN must point at the tools built by build-tools.sh}"
   : "${CEPH_CONF:?}" "${CEPH_KEYRING:?}"
   cmd_stop
+  # A fresh cluster every time: stale objects in etcd would describe volumes
+  # of a Ceph cluster that no longer exists.
+  rm -rf --one-file-system "$E2E"
   mkdir -p "$E2E"/{logs,pids,etcd,scratch} "$KUBELET_ROOT" "$PLUGIN_DIR" "$KUBELET_ROOT/plugins_registry"
   certs
   kubeconfig "$E2E/admin.kubeconfig"
@@ -153,8 +156,11 @@ YAML
   # Run from an empty scratch directory: the kubelet's log clean-up works
   # relative to its working directory when a container's log path is empty.
   (cd "$E2E/scratch" && start_bg kubelet "$BIN/kubelet" --kubeconfig "$E2E/admin.kubeconfig" \
-    --config "$E2E/kubelet.yaml" --root-dir "$KUBELET_ROOT" --hostname-override "$NODE" \
-    --node-labels "topology.kubernetes.io/zone=$ZONE" --v 2)
+    --config "$E2E/kubelet.yaml" --root-dir "$KUBELET_ROOT" --hostname-override "$NODE" --v 2)
+  # No topology.kubernetes.io/zone label on purpose: the node DaemonSet of
+  # deploy/kubernetes selects it, and its hostPath volumes would be created
+  # on this host by the kubelet. Basalt's zone reaches Kubernetes through
+  # CSINode (topology.rbd.basalt.dev/zone) from the node plugin on this host.
   wait_for "node $NODE Ready" 90 sh -c "'$BIN/kubectl' --kubeconfig '$E2E/admin.kubeconfig' get node $NODE -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
 
   log "deploy/kubernetes (namespace, RBAC, CSIDriver, config) with kubectl apply -k"
@@ -228,8 +234,8 @@ cmd_stop() {
   for pid in $(pgrep -x rbd-fuse || true); do
     if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$E2E/node-state/"; then kill -9 "$pid" 2>/dev/null || true; fi
   done
-  grep -F " $E2E/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  timeout 20 losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null | awk -v d="$E2E/node-state" 'index($2, d) {print $1}' |
+  { grep -F " $E2E/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { timeout 20 losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null || true; } | awk -v d="$E2E/node-state" 'index($2, d) {print $1}' |
     while read -r dev; do timeout 20 losetup -d "$dev" 2>/dev/null || true; done
 }
 
