@@ -255,11 +255,12 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 // createOn runs the volume-service steps on one backend, each with its undo.
 func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *records.Registry, res *records.Reservation,
 	req Request, size uint64, bname string, local bool, sources map[string]backend.Cluster) (Volume, error) {
-	// Pick charged size to bname; give it back exactly once on any failure.
+	// Pick charged size to bname as in flight; give it back exactly once on
+	// any failure, or settle it on success.
 	charged := true
 	uncharge := func(context.Context) error {
 		if charged {
-			p.Backends.Scheduler().Release(bname, size)
+			p.Backends.Scheduler().Abandon(bname, size)
 			charged = false
 		}
 		return nil
@@ -340,6 +341,7 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 		_ = uncharge(ctx) // in case the flow stopped before its first step
 		return Volume{}, err
 	}
+	p.Backends.Scheduler().Settle(bname, size)
 	log.Info("volume created", "volume", id.String(), "backend", bname, "method", method, "size", size)
 	return Volume{ID: id, Backend: bname, Zone: bcfg.Zone, SizeBytes: size, Source: meta[MetaSource]}, nil
 }

@@ -6,37 +6,56 @@ import "sync"
 //
 // Statistics are refreshed only periodically, so between refreshes every
 // placement would see the same "most free" backend and a burst of creates
-// would pile onto it. Consume and Release adjust the local view immediately,
-// as Cinder's HostState.consume_from_volume does; the next Set replaces the
-// estimate with the authoritative figures.
+// would pile onto it. Pick charges the chosen backend immediately, as
+// Cinder's HostState.consume_from_volume does; the next Set replaces the
+// estimate with the authoritative figures plus what is still in flight.
 type State struct {
 	mu       sync.Mutex
 	order    []string
 	backends map[string]Backend
+	// inFlight is what Pick charged for creates that have not finished: a
+	// refresh's authoritative figure cannot know them yet.
+	inFlight map[string]uint64
 }
 
 // NewState returns an empty State.
 func NewState() *State {
-	return &State{backends: map[string]Backend{}}
+	return &State{backends: map[string]Backend{}, inFlight: map[string]uint64{}}
 }
 
-// Set replaces everything known about b.Name, including ProvisionedBytes, so
-// that local estimates never outlive a refresh. A new name is appended to the
-// insertion order, which keeps Snapshot (and error messages) stable.
+// Set replaces everything known about b.Name with a refresh's figures, plus
+// the bytes of creates still in flight on it, so that local estimates never
+// outlive a refresh and placements in progress are not forgotten. A new name
+// is appended to the insertion order, which keeps Snapshot (and error
+// messages) stable.
 func (s *State) Set(b Backend) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.backends[b.Name]; !ok {
 		s.order = append(s.order, b.Name)
 	}
-	s.backends[b.Name] = b.clone()
+	b = b.clone()
+	b.ProvisionedBytes = addSat(b.ProvisionedBytes, s.inFlight[b.Name])
+	s.backends[b.Name] = b
 }
 
-// SetUp lets a failed probe or create take a backend out of placement at once,
-// without waiting for, or faking, a statistics refresh. Unknown names are
-// ignored.
-func (s *State) SetUp(name string, up bool) {
-	s.update(name, func(b *Backend) { b.Up = up })
+// Settle marks a placement's create as finished: its bytes are now part of
+// what a refresh reports, and stay charged until then.
+func (s *State) Settle(name string, bytes uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inFlight[name] = subSat(s.inFlight[name], bytes)
+}
+
+// Abandon undoes a Pick whose create failed.
+func (s *State) Abandon(name string, bytes uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inFlight[name] = subSat(s.inFlight[name], bytes)
+	if b, ok := s.backends[name]; ok {
+		b.ProvisionedBytes = subSat(b.ProvisionedBytes, bytes)
+		s.backends[name] = b
+	}
 }
 
 // Snapshot returns deep copies in insertion order, so that callers may keep
@@ -59,22 +78,8 @@ func (s *State) Get(name string) (Backend, bool) {
 	return b.clone(), ok
 }
 
-// Place schedules over a snapshot. It does not consume: the caller does that
-// for the candidate it actually uses, since the first may fail and be
-// rescheduled.
-func (s *State) Place(req Request) ([]Candidate, error) {
-	return Schedule(s.Snapshot(), req)
-}
-
-// Consume adds a just-placed volume to the backend's provisioned total so the
-// next placement sees it before the next refresh does. Unknown names are
-// ignored; the sum saturates rather than wraps.
-func (s *State) Consume(name string, bytes uint64) {
-	s.update(name, func(b *Backend) { b.ProvisionedBytes = addSat(b.ProvisionedBytes, bytes) })
-}
-
-// Release undoes Consume after a failed create or a delete. It floors at zero
-// because a refresh may already have dropped the volume from the figure.
+// Release gives back a deleted volume's bytes. It floors at zero because a
+// refresh may already have dropped the volume from the figure.
 func (s *State) Release(name string, bytes uint64) {
 	s.update(name, func(b *Backend) { b.ProvisionedBytes = subSat(b.ProvisionedBytes, bytes) })
 }
@@ -92,8 +97,9 @@ func (s *State) update(name string, f func(*Backend)) {
 
 // Pick places req and charges the best candidate not in exclude, in one step
 // under the lock, so that concurrent creates see each other's placements
-// (Place followed by Consume would let two of them pick the same stale
-// "most free" backend). The caller Releases the bytes if the create fails.
+// (placing, then charging, would let two of them pick the same stale
+// "most free" backend). The caller Settles the bytes when the create
+// succeeds, or Abandons them when it fails.
 func (s *State) Pick(req Request, exclude map[string]bool) (Candidate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -113,5 +119,6 @@ func (s *State) Pick(req Request, exclude map[string]bool) (Candidate, error) {
 	b := s.backends[best.Backend.Name]
 	b.ProvisionedBytes = addSat(b.ProvisionedBytes, req.SizeBytes)
 	s.backends[best.Backend.Name] = b
+	s.inFlight[best.Backend.Name] = addSat(s.inFlight[best.Backend.Name], req.SizeBytes)
 	return best, nil
 }

@@ -55,3 +55,33 @@ func TestPickExcludes(t *testing.T) {
 		t.Fatalf("exclusion must not change the shared state: %+v", a)
 	}
 }
+
+// A refresh that does not yet know the creates in flight must not forget
+// their charges; once settled, the refreshed figure is authoritative.
+func TestRefreshKeepsInFlightCharges(t *testing.T) {
+	s := NewState()
+	base := Backend{Name: "a", Up: true, TotalBytes: 100 << 30, FreeBytes: 100 << 30, MaxOverSubscriptionRatio: 1}
+	s.Set(base)
+	if _, err := s.Pick(Request{SizeBytes: 3 << 30}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Set(base) // refresh from an index that does not list the create yet
+	if a, _ := s.Get("a"); a.ProvisionedBytes != 3<<30 {
+		t.Fatalf("in-flight charge lost by a refresh: %d", a.ProvisionedBytes)
+	}
+	s.Settle("a", 3<<30)
+	withIt := base
+	withIt.ProvisionedBytes = 3 << 30
+	s.Set(withIt) // the index now lists it
+	if a, _ := s.Get("a"); a.ProvisionedBytes != 3<<30 {
+		t.Fatalf("settled create counted %d, want 3 GiB once", a.ProvisionedBytes)
+	}
+	if _, err := s.Pick(Request{SizeBytes: 1 << 30}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Abandon("a", 1<<30)
+	s.Set(withIt)
+	if a, _ := s.Get("a"); a.ProvisionedBytes != 3<<30 {
+		t.Fatalf("abandoned create still charged: %d", a.ProvisionedBytes)
+	}
+}

@@ -7,18 +7,17 @@ import (
 	"testing"
 )
 
-func TestStateConsumeSpreadsBurst(t *testing.T) {
+func TestStatePickSpreadsBurst(t *testing.T) {
 	s := NewState()
 	s.Set(be("a", "z"))
 	s.Set(be("b", "z"))
 	var got []string
 	for range 6 {
-		cs, err := s.Place(Request{SizeBytes: 10 * GiB})
+		c, err := s.Pick(Request{SizeBytes: 10 * GiB}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, cs[0].Backend.Name)
-		s.Consume(cs[0].Backend.Name, 10*GiB)
+		got = append(got, c.Backend.Name)
 	}
 	if want := []string{"a", "b", "a", "b", "a", "b"}; !slices.Equal(got, want) {
 		t.Fatalf("burst placed on %v, want %v", got, want)
@@ -26,10 +25,10 @@ func TestStateConsumeSpreadsBurst(t *testing.T) {
 	if b, _ := s.Get("a"); b.ProvisionedBytes != 30*GiB {
 		t.Fatalf("a provisioned = %d, want 30 GiB", b.ProvisionedBytes)
 	}
-	// Consumption also feeds the capacity filter: a no longer has 71 GiB.
-	cs, err := s.Place(Request{SizeBytes: 71 * GiB})
+	// Charges also feed the capacity filter: neither has 71 GiB left.
+	c, err := s.Pick(Request{SizeBytes: 71 * GiB}, nil)
 	if err == nil {
-		t.Fatalf("placed 71 GiB on %v after consuming 30 of 100 GiB", names(cs))
+		t.Fatalf("placed 71 GiB on %v after charging 30 of 100 GiB", c.Backend.Name)
 	}
 }
 
@@ -38,7 +37,9 @@ func TestStateRelease(t *testing.T) {
 	b := be("a", "z")
 	b.ProvisionedBytes = 3 * GiB
 	s.Set(b)
-	s.Consume("a", 5*GiB)
+	if _, err := s.Pick(Request{SizeBytes: 5 * GiB}, nil); err != nil {
+		t.Fatal(err)
+	}
 	s.Release("a", 2*GiB)
 	if got, _ := s.Get("a"); got.ProvisionedBytes != 6*GiB {
 		t.Fatalf("provisioned = %d, want 6 GiB", got.ProvisionedBytes)
@@ -47,10 +48,11 @@ func TestStateRelease(t *testing.T) {
 	if got, _ := s.Get("a"); got.ProvisionedBytes != 0 {
 		t.Fatalf("provisioned = %d, want floor at 0", got.ProvisionedBytes)
 	}
-	s.Consume("a", ^uint64(0))
-	s.Consume("a", 1)
+	big := be("a", "z")
+	big.ProvisionedBytes = ^uint64(0)
+	s.Set(big) // the in-flight 5 GiB must saturate, not wrap
 	if got, _ := s.Get("a"); got.ProvisionedBytes != ^uint64(0) {
-		t.Fatalf("Consume wrapped: %d", got.ProvisionedBytes)
+		t.Fatalf("charge wrapped: %d", got.ProvisionedBytes)
 	}
 }
 
@@ -61,9 +63,14 @@ func TestStateSetReplaces(t *testing.T) {
 	b.Capabilities = map[string]string{"old": "1"}
 	s.Set(b)
 	s.Set(be("b", "z"))
-	s.Consume("a", 5*GiB)
-	s.SetUp("a", false)
+	if c, err := s.Pick(Request{SizeBytes: 5 * GiB, Backend: "a"}, nil); err != nil || c.Backend.Name != "a" {
+		t.Fatal(err)
+	}
+	s.Settle("a", 5*GiB)
+	b.Up = false
+	s.Set(b)
 
+	b.Up = true
 	b.ProvisionedBytes = 12 * GiB // authoritative figure, already includes the 5
 	b.FreeBytes = 42 * GiB
 	b.Capabilities = map[string]string{"new": "2"}
@@ -100,20 +107,22 @@ func TestStateCopiesAndUnknownNames(t *testing.T) {
 		t.Fatalf("State shares maps with callers: tier = %q", got.Capabilities["tier"])
 	}
 
-	s.SetUp("ghost", false)
-	s.Consume("ghost", GiB)
+	s.Settle("ghost", GiB)
+	s.Abandon("ghost", GiB)
 	s.Release("ghost", GiB)
 	if _, ok := s.Get("ghost"); ok || len(s.Snapshot()) != 1 {
 		t.Fatal("operations on an unknown name created it")
 	}
 
-	s.SetUp("a", false)
-	if _, err := s.Place(Request{}); err == nil {
-		t.Fatal("placed on a backend marked down")
+	down := be("a", "z")
+	down.Up = false
+	s.Set(down)
+	if _, err := s.Pick(Request{}, nil); err == nil {
+		t.Fatal("placed on a backend that is down")
 	}
-	s.SetUp("a", true)
-	if _, err := s.Place(Request{}); err != nil {
-		t.Fatalf("backend marked up again: %v", err)
+	s.Set(be("a", "z"))
+	if _, err := s.Pick(Request{}, nil); err != nil {
+		t.Fatalf("backend up again: %v", err)
 	}
 }
 
@@ -128,24 +137,23 @@ func TestStateConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 200 {
-				cs, err := s.Place(Request{SizeBytes: GiB, Capabilities: nil})
+				c, err := s.Pick(Request{SizeBytes: GiB}, nil)
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				name := cs[0].Backend.Name
-				s.Consume(name, GiB)
+				name := c.Backend.Name
 				_ = s.Snapshot()
 				_, _ = s.Get(name)
-				s.SetUp(fmt.Sprintf("b%d", (w+i)%4), true)
-				s.Release(name, GiB)
+				s.Set(be(fmt.Sprintf("b%d", (w+i)%4), "z"))
+				s.Abandon(name, GiB)
 			}
 		}()
 	}
 	wg.Wait()
 	for _, b := range s.Snapshot() {
 		if b.ProvisionedBytes != 0 {
-			t.Errorf("%s provisioned %d after balanced Consume/Release", b.Name, b.ProvisionedBytes)
+			t.Errorf("%s provisioned %d after balanced Pick/Abandon", b.Name, b.ProvisionedBytes)
 		}
 	}
 }
