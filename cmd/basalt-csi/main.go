@@ -113,17 +113,9 @@ func newNodeService(o options, prov *provision.Provisioner, log *slog.Logger) (*
 
 func newManager(cfg *config.Config, log *slog.Logger) *backend.Manager {
 	timeout := time.Duration(cfg.CephTimeoutSeconds) * time.Second
-	mgr := backend.NewManager(cfg, func(ctx context.Context, b config.Backend) (backend.Cluster, error) {
+	return backend.NewManager(cfg, func(ctx context.Context, b config.Backend) (backend.Cluster, error) {
 		return ceph.Connect(ctx, b, timeout)
 	}, log)
-	mgr.Provisioned = func(ctx context.Context) (map[string]uint64, error) {
-		reg, err := mgr.Registry()
-		if err != nil {
-			return nil, err
-		}
-		return records.NewRegistry(reg).ProvisionedByBackend(ctx)
-	}
-	return mgr
 }
 
 // recoverGrace leaves young interrupted creates to whoever may still be

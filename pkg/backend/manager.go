@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/config"
+	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/scheduler"
 )
 
@@ -27,8 +28,9 @@ type Manager struct {
 	sched   *scheduler.State
 	timeout time.Duration
 
-	// Provisioned, when set, is consulted on every refresh so the scheduler's
+	// Provisioned is consulted on every refresh so the scheduler's
 	// thin-provisioning figures are authoritative, not only local estimates.
+	// NewManager sets it to sum Basalt's volume index; tests may replace it.
 	Provisioned ProvisionedFunc
 
 	mu      sync.RWMutex
@@ -55,7 +57,17 @@ func NewManager(cfg *config.Config, connect Connector, log *slog.Logger) *Manage
 		m.entries[b.Name] = &entry{cfg: b, poolID: -1}
 		m.sched.Set(schedView(b, "", false, Stats{}, 0))
 	}
+	m.Provisioned = m.provisionedFromIndex
 	return m
+}
+
+// provisionedFromIndex sums the volume index in the registry backend.
+func (m *Manager) provisionedFromIndex(ctx context.Context) (map[string]uint64, error) {
+	reg, err := m.Registry()
+	if err != nil {
+		return nil, err
+	}
+	return records.NewRegistry(reg).ProvisionedByBackend(ctx)
 }
 
 func schedView(b config.Backend, fsid string, up bool, st Stats, provisioned uint64) scheduler.Backend {

@@ -54,3 +54,12 @@ func unsupported(c *csi.VolumeCapability) string {
 	}
 	return ""
 }
+
+// validateCapability checks the single volume_capability of publish and
+// stage requests: required, and one Basalt serves.
+func validateCapability(vc *csi.VolumeCapability) error {
+	if vc == nil {
+		return invalid("volume_capability is required")
+	}
+	return validateCapabilities([]*csi.VolumeCapability{vc})
+}

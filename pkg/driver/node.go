@@ -67,10 +67,7 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		return nil, err
 	}
 	vc := req.GetVolumeCapability()
-	if vc == nil {
-		return nil, invalid("volume_capability is required")
-	}
-	if err := validateCapabilities([]*csi.VolumeCapability{vc}); err != nil {
+	if err := validateCapability(vc); err != nil {
 		return nil, err
 	}
 	err := n.Svc.Stage(ctx, node.StageRequest{
@@ -109,10 +106,7 @@ func (n *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 		return nil, err
 	}
 	vc := req.GetVolumeCapability()
-	if vc == nil {
-		return nil, invalid("volume_capability is required")
-	}
-	if err := validateCapabilities([]*csi.VolumeCapability{vc}); err != nil {
+	if err := validateCapability(vc); err != nil {
 		return nil, err
 	}
 	err := n.Svc.Publish(ctx, node.PublishRequest{

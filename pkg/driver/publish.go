@@ -16,10 +16,8 @@ func (c *Controller) ControllerPublishVolume(ctx context.Context, req *csi.Contr
 		return nil, invalid("volume_id is required")
 	case req.GetNodeId() == "":
 		return nil, invalid("node_id is required")
-	case req.GetVolumeCapability() == nil:
-		return nil, invalid("volume_capability is required")
 	}
-	if err := validateCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+	if err := validateCapability(req.GetVolumeCapability()); err != nil {
 		return nil, err
 	}
 	unlock, err := c.lock(ctx, provision.LockVolume(req.GetVolumeId()))

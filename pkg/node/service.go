@@ -57,6 +57,17 @@ func (s *Service) lock(ctx context.Context, id string) (func(), error) {
 	return unlock, nil
 }
 
+// begin parses a volume ID and takes the volume's lock: how every call that
+// changes a volume on this node starts.
+func (s *Service) begin(ctx context.Context, volumeID string) (volumeid.ID, func(), error) {
+	id, err := parseID(volumeID)
+	if err != nil {
+		return id, nil, err
+	}
+	unlock, err := s.lock(ctx, volumeID)
+	return id, unlock, err
+}
+
 func parseID(volumeID string) (volumeid.ID, error) {
 	id, err := volumeid.Parse(volumeID)
 	if err != nil {
@@ -68,11 +79,7 @@ func parseID(volumeID string) (volumeid.ID, error) {
 // Stage maps the volume and, for a mount volume, formats it if blank,
 // mounts it at the staging path and grows its filesystem to the volume.
 func (s *Service) Stage(ctx context.Context, req StageRequest) error {
-	id, err := parseID(req.VolumeID)
-	if err != nil {
-		return err
-	}
-	unlock, err := s.lock(ctx, req.VolumeID)
+	id, unlock, err := s.begin(ctx, req.VolumeID)
 	if err != nil {
 		return err
 	}
@@ -227,11 +234,7 @@ func (s *Service) verifyStaged(ctx context.Context, rec *Record) error {
 // not staged succeeds; one still published, or whose device is still
 // mounted elsewhere, is refused.
 func (s *Service) Unstage(ctx context.Context, volumeID, stagingPath string) error {
-	id, err := parseID(volumeID)
-	if err != nil {
-		return err
-	}
-	unlock, err := s.lock(ctx, volumeID)
+	id, unlock, err := s.begin(ctx, volumeID)
 	if err != nil {
 		return err
 	}
@@ -301,11 +304,7 @@ type PublishRequest struct {
 // target path. It refuses when the staging path is not really staged, so an
 // empty directory is never bound into a pod.
 func (s *Service) Publish(ctx context.Context, req PublishRequest) error {
-	id, err := parseID(req.VolumeID)
-	if err != nil {
-		return err
-	}
-	unlock, err := s.lock(ctx, req.VolumeID)
+	id, unlock, err := s.begin(ctx, req.VolumeID)
 	if err != nil {
 		return err
 	}
@@ -386,11 +385,7 @@ func (s *Service) bind(ctx context.Context, rec *Record, target string, readOnly
 
 // Unpublish unmounts and removes the target path; one already gone succeeds.
 func (s *Service) Unpublish(ctx context.Context, volumeID, target string) error {
-	id, err := parseID(volumeID)
-	if err != nil {
-		return err
-	}
-	unlock, err := s.lock(ctx, volumeID)
+	id, unlock, err := s.begin(ctx, volumeID)
 	if err != nil {
 		return err
 	}

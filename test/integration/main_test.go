@@ -21,7 +21,6 @@ import (
 	"github.com/basalt-csi/basalt/pkg/config"
 	"github.com/basalt-csi/basalt/pkg/driver"
 	"github.com/basalt-csi/basalt/pkg/provision"
-	"github.com/basalt-csi/basalt/pkg/records"
 )
 
 const (
@@ -139,13 +138,6 @@ func startDriver(t *testing.T, yaml string, wrap wrapFn) *testDriver {
 		}
 		return wrap(b.Name, c), nil
 	}, log)
-	mgr.Provisioned = func(ctx context.Context) (map[string]uint64, error) {
-		reg, err := mgr.Registry()
-		if err != nil {
-			return nil, err
-		}
-		return records.NewRegistry(reg).ProvisionedByBackend(ctx)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	mgr.Refresh(ctx)
 	go mgr.Run(ctx, time.Duration(cfg.StatsIntervalSeconds)*time.Second)

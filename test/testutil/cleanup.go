@@ -6,33 +6,17 @@ package testutil
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/basalt-csi/basalt/pkg/node/mapper"
 )
 
 // RBDFusePIDs lists rbd-fuse daemons whose mount point is under dir.
 func RBDFusePIDs(dir string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if filepath.Base(args[0]) == "rbd-fuse" && strings.HasPrefix(args[len(args)-1], dir+"/") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return mapper.RBDFusePIDs(func(mp string) bool { return strings.HasPrefix(mp, dir+"/") })
 }
 
 // mountsUnder lists mount points under (or at) any of dirs, deepest first.

@@ -276,8 +276,8 @@ func lastLines(b []byte) string {
 	return strings.Join(lines, " | ")
 }
 
-// daemonsFor lists the rbd-fuse processes serving dir.
-func daemonsFor(dir string) []int {
+// RBDFusePIDs lists the rbd-fuse daemons whose mount point satisfies match.
+func RBDFusePIDs(match func(mountPoint string) bool) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -290,11 +290,16 @@ func daemonsFor(dir string) []int {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if filepath.Base(args[0]) == "rbd-fuse" && args[len(args)-1] == dir {
+		if filepath.Base(args[0]) == "rbd-fuse" && match(args[len(args)-1]) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// daemonsFor lists the rbd-fuse processes serving dir.
+func daemonsFor(dir string) []int {
+	return RBDFusePIDs(func(mp string) bool { return mp == dir })
 }
 
 func waitGone(ctx context.Context, dir string) error {
