@@ -76,8 +76,8 @@ type Cluster interface {
 	// CopyFrom copies spec from another cluster into dst, sparsely.
 	CopyFrom(ctx context.Context, src Cluster, spec ImageSpec, dst string) error
 	CreateImage(ctx context.Context, name string, size uint64) error
-	Resize(ctx context.Context, name string, size uint64) error
-	SetMetadata(ctx context.Context, name string, kv map[string]string) error
+	// Finish resizes a new image to size and writes its metadata, opening it once.
+	Finish(ctx context.Context, name string, size uint64, kv map[string]string) error
 	StatImage(ctx context.Context, name string) (ImageInfo, error)
 	Usage(ctx context.Context, name string) (Usage, error)
 	// RemoveImage deletes the image; absent is success; ErrBusy if open.

@@ -101,28 +101,27 @@ func (c *Conn) withImage(ctx context.Context, what, name string, readOnly bool, 
 	}))
 }
 
-// Resize implements backend.Cluster.
-func (c *Conn) Resize(ctx context.Context, name string, size uint64) error {
-	return c.withImage(ctx, "resizing", name, false, func(img *rbd.Image) error {
-		cur, err := img.GetSize()
-		if err != nil || cur == size {
-			return err
-		}
-		return img.Resize(size)
-	})
-}
-
-// SetMetadata implements backend.Cluster.
-func (c *Conn) SetMetadata(ctx context.Context, name string, kv map[string]string) error {
+// Finish implements backend.Cluster: one read-write open (which costs a
+// header read and a watch) serves both the resize and the metadata.
+func (c *Conn) Finish(ctx context.Context, name string, size uint64, kv map[string]string) error {
 	keys := make([]string, 0, len(kv))
 	for k := range kv {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	return c.withImage(ctx, "writing metadata of", name, false, func(img *rbd.Image) error {
+	return c.withImage(ctx, "finishing", name, false, func(img *rbd.Image) error {
+		cur, err := img.GetSize()
+		if err != nil {
+			return err
+		}
+		if cur != size {
+			if err := img.Resize(size); err != nil {
+				return fmt.Errorf("resizing to %d: %w", size, err)
+			}
+		}
 		for _, k := range keys {
 			if err := img.SetMetadata(k, kv[k]); err != nil {
-				return fmt.Errorf("key %s: %w", k, err)
+				return fmt.Errorf("metadata %s: %w", k, err)
 			}
 		}
 		return nil

@@ -78,25 +78,40 @@ func (c *Conn) Get(ctx context.Context, oid string) ([]byte, uint64, error) {
 }
 
 // Create implements records.Store.
-func (c *Conn) Create(ctx context.Context, oid string, data []byte) error {
-	return c.withRecords(ctx, "creating", oid, func(ioctx *rados.IOContext) error {
+func (c *Conn) Create(ctx context.Context, oid string, data []byte) (uint64, error) {
+	var ver uint64
+	err := c.withRecords(ctx, "creating", oid, func(ioctx *rados.IOContext) error {
 		op := rados.CreateWriteOp()
 		defer op.Release()
 		op.Create(rados.CreateExclusive)
 		op.WriteFull(data)
-		return op.Operate(ioctx, oid, rados.OperationNoFlag)
+		if err := op.Operate(ioctx, oid, rados.OperationNoFlag); err != nil {
+			return err
+		}
+		var err error
+		ver, err = ioctx.GetLastVersion()
+		return err
 	})
+	return ver, err
 }
 
-// Update implements records.Store.
-func (c *Conn) Update(ctx context.Context, oid string, version uint64, data []byte) error {
-	return c.withRecords(ctx, "updating", oid, func(ioctx *rados.IOContext) error {
+// Update implements records.Store. The version the write produced comes
+// from the private IOContext, so no read-back is needed.
+func (c *Conn) Update(ctx context.Context, oid string, version uint64, data []byte) (uint64, error) {
+	var ver uint64
+	err := c.withRecords(ctx, "updating", oid, func(ioctx *rados.IOContext) error {
 		op := rados.CreateWriteOp()
 		defer op.Release()
 		op.AssertVersion(version)
 		op.WriteFull(data)
-		return op.Operate(ioctx, oid, rados.OperationNoFlag)
+		if err := op.Operate(ioctx, oid, rados.OperationNoFlag); err != nil {
+			return err
+		}
+		var err error
+		ver, err = ioctx.GetLastVersion()
+		return err
 	})
+	return ver, err
 }
 
 // Delete implements records.Store.

@@ -194,10 +194,10 @@ func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Recor
 	if err := s.Mounts.FormatAndMount(ctx, rec.Mapping.Device, rec.StagingPath, rec.FsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "mounting %s (%s) at %s: %v", rec.Mapping.Device, rec.FsType, rec.StagingPath, err)
 	}
-	if rec.ReadOnly {
-		return nil
+	if rec.ReadOnly || rec.FsType != "xfs" {
+		return nil // ext4 was grown before mounting
 	}
-	// Other filesystems (xfs) grow online.
+	// xfs grows online only.
 	grew, err := s.Mounts.Resize(ctx, rec.Mapping.Device, rec.StagingPath)
 	if err != nil {
 		return status.Errorf(codes.Internal, "growing the filesystem on %s: %v", rec.Mapping.Device, err)

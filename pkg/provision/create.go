@@ -57,6 +57,8 @@ type Provisioner struct {
 	// Locks serialises work per name and per volume inside the process;
 	// shared with the gRPC layer, which takes them.
 	Locks *locks.Keyed
+
+	images imageCache
 }
 
 const (
@@ -317,8 +319,7 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 			},
 			Undo: func(ctx context.Context) error { return cl.RemoveImage(ctx, image) },
 		},
-		{Name: "resize", Do: func(ctx context.Context) error { return cl.Resize(ctx, image, size) }},
-		{Name: "write metadata", Do: func(ctx context.Context) error { return cl.SetMetadata(ctx, image, meta) }},
+		{Name: "resize and write metadata", Do: func(ctx context.Context) error { return cl.Finish(ctx, image, size, meta) }},
 		{
 			Name: "index volume",
 			Do: func(ctx context.Context) error {
@@ -339,6 +340,9 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 	}
 	if err := flow.Run(ctx, log.With("backend", bname, "volume", id.String()), steps...); err != nil {
 		_ = uncharge(ctx) // in case the flow stopped before its first step
+		if req.Image != nil {
+			p.images.forget(*req.Image) // look again next time: the image may be gone
+		}
 		return Volume{}, err
 	}
 	p.Backends.Scheduler().Settle(bname, size)
@@ -346,13 +350,27 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 	return Volume{ID: id, Backend: bname, Zone: bcfg.Zone, SizeBytes: size, Source: meta[MetaSource]}, nil
 }
 
-// findImage looks for the golden image in every reachable cluster.
+// findImage looks for the golden image in every reachable cluster, reusing
+// a recent answer while every cluster it named is still reachable.
 func (p *Provisioner) findImage(ctx context.Context, spec backend.ImageSpec) (map[string]bool, uint64, map[string]backend.Cluster, error) {
+	clusters := p.Backends.Clusters()
+	if e, ok := p.images.get(spec); ok {
+		found := map[string]bool{}
+		sources := map[string]backend.Cluster{}
+		for _, fsid := range e.fsids {
+			if cl, up := clusters[fsid]; up {
+				found[fsid], sources[fsid] = true, cl
+			}
+		}
+		if len(found) == len(e.fsids) {
+			return found, e.size, sources, nil
+		}
+	}
 	found := map[string]bool{}
 	sources := map[string]backend.Cluster{}
 	var size uint64
 	var problems []string
-	for fsid, cl := range p.Backends.Clusters() {
+	for fsid, cl := range clusters {
 		s, err := cl.SnapshotSize(ctx, spec)
 		switch {
 		case err == nil:
@@ -369,6 +387,13 @@ func (p *Provisioner) findImage(ctx context.Context, spec backend.ImageSpec) (ma
 			return nil, 0, nil, errorf(Unavailable, nil, "image %s was not found, and some clusters could not be searched: %s", spec, strings.Join(problems, "; "))
 		}
 		return nil, 0, nil, errorf(NotFound, nil, "image %s was not found in any reachable cluster (it must be a protected snapshot: rbd snap create/protect)", spec)
+	}
+	if len(problems) == 0 {
+		fsids := make([]string, 0, len(found))
+		for f := range found {
+			fsids = append(fsids, f)
+		}
+		p.images.put(spec, fsids, size)
 	}
 	return found, size, sources, nil
 }

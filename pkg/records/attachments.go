@@ -94,7 +94,7 @@ func (g *Registry) SaveAttachments(ctx context.Context, uuid string, a *Attachme
 			return nil
 		}
 		// Compare-and-write to empty first so a concurrent publish is not lost, then delete.
-		if err := g.Store.Update(ctx, oid, a.version, []byte(`{"attachments":[]}`)); err != nil {
+		if _, err := g.Store.Update(ctx, oid, a.version, []byte(`{"attachments":[]}`)); err != nil {
 			return err
 		}
 		return g.Store.Delete(ctx, oid)
@@ -104,9 +104,11 @@ func (g *Registry) SaveAttachments(ctx context.Context, uuid string, a *Attachme
 		return err
 	}
 	if !a.exists {
-		return g.Store.Create(ctx, oid, data)
+		_, err = g.Store.Create(ctx, oid, data)
+		return err
 	}
-	return g.Store.Update(ctx, oid, a.version, data)
+	_, err = g.Store.Update(ctx, oid, a.version, data)
+	return err
 }
 
 // DeleteAttachments drops a deleted volume's (empty) attachment object.

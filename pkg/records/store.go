@@ -29,10 +29,12 @@ type KV struct {
 type Store interface {
 	// Get returns the object's data and version.
 	Get(ctx context.Context, oid string) ([]byte, uint64, error)
-	// Create writes a new object; ErrExists if it is already there.
-	Create(ctx context.Context, oid string, data []byte) error
-	// Update replaces the data if the version still matches; ErrConflict if not.
-	Update(ctx context.Context, oid string, version uint64, data []byte) error
+	// Create writes a new object and returns its version; ErrExists if it is
+	// already there.
+	Create(ctx context.Context, oid string, data []byte) (uint64, error)
+	// Update replaces the data if the version still matches and returns the
+	// new version; ErrConflict if it does not match.
+	Update(ctx context.Context, oid string, version uint64, data []byte) (uint64, error)
 	// Delete removes the object; absent is success.
 	Delete(ctx context.Context, oid string) error
 	// IndexSet sets omap keys on oid, creating it if needed.

@@ -79,10 +79,10 @@ func (g *Registry) Reserve(ctx context.Context, r Reservation) (Reservation, boo
 	if err := g.Store.IndexSet(ctx, pendingIndexOID, map[string][]byte{r.Name: []byte(r.UUID)}); err != nil {
 		return Reservation{}, false, fmt.Errorf("reserving name %q: %w", r.Name, err)
 	}
-	err = g.Store.Create(ctx, reservationOID(r.Name), data)
+	ver, err := g.Store.Create(ctx, reservationOID(r.Name), data)
 	if err == nil {
-		existing, err := g.Reservation(ctx, r.Name)
-		return existing, true, err
+		r.version = ver
+		return r, true, nil
 	}
 	if !errors.Is(err, ErrExists) {
 		return Reservation{}, false, fmt.Errorf("reserving name %q: %w", r.Name, err)
@@ -119,14 +119,11 @@ func (g *Registry) Save(ctx context.Context, r *Reservation) error {
 	if err != nil {
 		return err
 	}
-	if err := g.Store.Update(ctx, reservationOID(r.Name), r.version, data); err != nil {
+	ver, err := g.Store.Update(ctx, reservationOID(r.Name), r.version, data)
+	if err != nil {
 		return fmt.Errorf("updating reservation of %q: %w", r.Name, err)
 	}
-	fresh, err := g.Reservation(ctx, r.Name)
-	if err != nil {
-		return err
-	}
-	*r = fresh
+	r.version = ver
 	if r.State == StateReady {
 		return g.Store.IndexRemove(ctx, pendingIndexOID, r.Name)
 	}
