@@ -39,3 +39,11 @@ func TestCallDeadline(t *testing.T) {
 		t.Fatalf("failing op: %v", err)
 	}
 }
+
+func TestEncodeStringMap(t *testing.T) {
+	got := encodeStringMap([]string{"a", "bc"}, map[string]string{"a": "x", "bc": ""})
+	want := []byte{2, 0, 0, 0, 1, 0, 0, 0, 'a', 1, 0, 0, 0, 'x', 2, 0, 0, 0, 'b', 'c', 0, 0, 0, 0}
+	if string(got) != string(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}

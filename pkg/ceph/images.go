@@ -2,6 +2,7 @@ package ceph
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"sort"
 
@@ -119,13 +120,39 @@ func (c *Conn) Finish(ctx context.Context, name string, size uint64, kv map[stri
 				return fmt.Errorf("resizing to %d: %w", size, err)
 			}
 		}
-		for _, k := range keys {
-			if err := img.SetMetadata(k, kv[k]); err != nil {
-				return fmt.Errorf("metadata %s: %w", k, err)
-			}
+		if len(keys) == 0 {
+			return nil
+		}
+		// librbd sets one metadata key per round trip; cls_rbd's
+		// metadata_set (what it calls) takes the whole map in one.
+		id, err := img.GetId()
+		if err != nil {
+			return err
+		}
+		op := rados.CreateWriteOp()
+		defer op.Release()
+		op.Exec("rbd", "metadata_set", encodeStringMap(keys, kv))
+		if err := op.Operate(c.ioctx, "rbd_header."+id, rados.OperationNoFlag); err != nil {
+			return fmt.Errorf("writing metadata: %w", err)
 		}
 		return nil
 	})
+}
+
+// encodeStringMap is Ceph's encoding of a map<string, bufferlist>: a
+// little-endian u32 count, then each key and value as u32 length + bytes.
+func encodeStringMap(keys []string, kv map[string]string) []byte {
+	var b []byte
+	put := func(s string) {
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(keys)))
+	for _, k := range keys {
+		put(k)
+		put(kv[k])
+	}
+	return b
 }
 
 // StatImage implements backend.Cluster.
