@@ -7,7 +7,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all deps build run csc test unit integration sanity walkthrough e2e lint clean
+.PHONY: all deps build run csc test unit integration sanity walkthrough e2e lint clean bench bench-quick
 
 all: build
 
@@ -60,3 +60,11 @@ test: deps lint unit integration sanity walkthrough e2e
 clean:
 	-test/ceph-cluster.sh stop-all
 	rm -rf bin _output
+
+# Performance: Basalt against raw librbd and a shell baseline on its own local
+# cluster; prints a table, writes _output/bench/{results.json,latency.svg}.
+bench: build
+	$(GO) run ./test/bench $(BENCH_ARGS)
+
+bench-quick: build
+	$(GO) run ./test/bench -quick $(BENCH_ARGS)

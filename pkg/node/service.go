@@ -139,6 +139,13 @@ func fsOrDefault(fs string) string {
 func (s *Service) stage(ctx context.Context, log *slog.Logger, uuid string, rec *Record) (err error) {
 	m, err := s.Mapper.Map(ctx, rec.Spec)
 	if err != nil {
+		// Map may have done part of its work (rbd-fuse mounted, no loop
+		// device yet, or the request cancelled in between): undo that too.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CommandTimeout)
+		defer cancel()
+		if uerr := s.Mapper.Unmap(uctx, rec.Spec, mapper.Mapping{Mapper: s.Mapper.Name()}); uerr != nil {
+			log.Error("revert of a failed map failed", "error", uerr)
+		}
 		return status.Errorf(codes.Internal, "mapping %s/%s with %s: %v", rec.Spec.Pool, rec.Spec.Image, s.Mapper.Name(), err)
 	}
 	rec.Mapping = m
