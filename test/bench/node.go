@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/basalt-csi/basalt/pkg/node/mapper"
 )
 
 // nodeVol is one volume of the node part, Basalt's or the baseline's.
@@ -306,32 +308,12 @@ func isMountPoint(dir string) bool {
 
 // rbdFuseFor lists the rbd-fuse processes whose mount point is dir.
 func rbdFuseFor(dir string) []int {
-	return rbdFuseMatching(func(mnt string) bool { return mnt == dir })
+	return mapper.RBDFusePIDs(func(mnt string) bool { return mnt == dir })
 }
 
 // rbdFuseUnder lists the rbd-fuse processes with a mount point below dir.
 func rbdFuseUnder(dir string) []int {
-	return rbdFuseMatching(func(mnt string) bool { return strings.HasPrefix(mnt, dir+"/") })
-}
-
-func rbdFuseMatching(match func(mountPoint string) bool) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
-		if filepath.Base(args[0]) == "rbd-fuse" && match(args[len(args)-1]) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return mapper.RBDFusePIDs(func(mnt string) bool { return strings.HasPrefix(mnt, dir+"/") })
 }
 
 // waitRBDFuseGone waits for the baseline's rbd-fuse to exit after its
