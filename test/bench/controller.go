@@ -174,13 +174,7 @@ func (b *bench) createDelete(ctx context.Context) error {
 				b.addRow("CreateVolume", implBaseline, true, bt, "librbd: rbd.CloneImage + Open + Resize + Close")
 			}
 		}
-		if li%2 == 0 {
-			basalt()
-			baseline()
-		} else {
-			baseline()
-			basalt()
-		}
+		alternate(li, basalt, baseline)
 
 		var delIDs []string
 		for _, id := range ids {
@@ -215,13 +209,7 @@ func (b *bench) createDelete(ctx context.Context) error {
 				b.addRow("DeleteVolume", implBaseline, true, bt, "librbd: rbd.RemoveImage")
 			}
 		}
-		if li%2 == 0 {
-			delBasalt()
-			delBaseline()
-		} else {
-			delBaseline()
-			delBasalt()
-		}
+		alternate(li, delBasalt, delBaseline)
 	}
 	return nil
 }
@@ -423,4 +411,16 @@ func (b *bench) scale(ctx context.Context) error {
 	})
 	b.addRow("GetCapacity", implBasalt, false, bt, fmt.Sprintf("zone %s, %d volumes exist", zone, created))
 	return nil
+}
+
+// alternate runs a then b on even levels and b then a on odd ones, so
+// neither side always runs on a warmer (or more fragmented) cluster.
+func alternate(level int, a, b func()) {
+	if level%2 == 0 {
+		a()
+		b()
+		return
+	}
+	b()
+	a()
 }
