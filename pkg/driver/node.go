@@ -27,8 +27,11 @@ func NodeLookups(p *provision.Provisioner) (
 	locate func(context.Context, string) (mapper.Spec, error),
 	attachedMode func(context.Context, string, string) (string, error),
 ) {
+	// No image lookup here: the attachment (checked next) was written by a
+	// ControllerPublish that found the image; without one, attachedMode
+	// tells a missing volume (NotFound) from an unpublished one.
 	locate = func(ctx context.Context, volumeID string) (mapper.Spec, error) {
-		id, bname, _, err := p.Stat(ctx, volumeID)
+		id, bname, _, err := p.Lookup(volumeID)
 		if err != nil {
 			return mapper.Spec{}, toStatus(err)
 		}
@@ -41,6 +44,9 @@ func NodeLookups(p *provision.Provisioner) (
 	attachedMode = func(ctx context.Context, volumeID, nodeID string) (string, error) {
 		r, err := p.Attachment(ctx, volumeID, nodeID)
 		if err != nil {
+			if _, _, _, serr := p.Stat(ctx, volumeID); serr != nil {
+				return "", toStatus(serr) // the volume itself is gone: NotFound
+			}
 			return "", toStatus(err)
 		}
 		return r.Mode, nil
@@ -73,6 +79,9 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	err := n.Svc.Stage(ctx, node.StageRequest{
 		VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(),
 		Block: vc.GetBlock() != nil, FsType: vc.GetMount().GetFsType(), MountFlags: vc.GetMount().GetMountFlags(),
+		// CreateVolume's volume_context names the source image of a clone or
+		// copy; a context without one is a blank volume. No context: check.
+		MayNeedGrow: len(req.GetVolumeContext()) == 0 || req.GetVolumeContext()["source"] != "",
 	})
 	if err != nil {
 		return nil, err

@@ -42,6 +42,9 @@ type StageRequest struct {
 	Block                 bool
 	FsType                string
 	MountFlags            []string
+	// MayNeedGrow is false only when the volume is known to be blank (its
+	// volume_context names no source image): mkfs then fills the device.
+	MayNeedGrow bool
 }
 
 // LockWait bounds how long a node call waits for another on the same volume.
@@ -117,6 +120,7 @@ func (s *Service) Stage(ctx context.Context, req StageRequest) error {
 	rec = &Record{
 		VolumeID: req.VolumeID, StagingPath: req.StagingPath, Block: req.Block,
 		MountFlags: req.MountFlags, ReadOnly: spec.ReadOnly, Spec: spec, Staged: time.Now().UTC(),
+		SkipGrow: !req.MayNeedGrow,
 	}
 	if !req.Block {
 		rec.FsType = fsOrDefault(req.FsType)
@@ -189,7 +193,7 @@ func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Recor
 	}
 	// A volume cloned from a small golden image is larger than its
 	// filesystem: grow ext4 before mounting, while nothing uses the device.
-	if !rec.ReadOnly {
+	if !rec.ReadOnly && !rec.SkipGrow {
 		grew, err := s.Mounts.GrowExt4Offline(ctx, rec.Mapping.Device)
 		if err != nil {
 			return status.Errorf(codes.Internal, "growing the filesystem on %s: %v", rec.Mapping.Device, err)

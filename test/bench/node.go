@@ -19,10 +19,11 @@ import (
 
 // nodeVol is one volume of the node part, Basalt's or the baseline's.
 type nodeVol struct {
-	id      string // Basalt volume ID
-	image   string // baseline image name
-	dir     string // baseline rbd-fuse mount point
-	dev     string // baseline loop device
+	id      string            // Basalt volume ID
+	volCtx  map[string]string // its volume_context, which a CO passes to NodeStage
+	image   string            // baseline image name
+	dir     string            // baseline rbd-fuse mount point
+	dev     string            // baseline loop device
 	stage   string
 	target  string
 	staged  bool
@@ -100,6 +101,12 @@ func (b *bench) node(ctx context.Context) error {
 		bas[i] = &nodeVol{id: ids[i],
 			stage:  filepath.Join(root, "basalt", "stage", strconv.Itoa(i)),
 			target: filepath.Join(root, "basalt", "target", strconv.Itoa(i))}
+		// Untimed: a CO has the volume_context from the PV already.
+		gv, err := b.env.ctrl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: ids[i]})
+		if err != nil {
+			return fmt.Errorf("ControllerGetVolume: %w", err)
+		}
+		bas[i].volCtx = gv.GetVolume().GetVolumeContext()
 		img := b.nameOf("shell", i)
 		base[i] = &nodeVol{image: img,
 			dir:    filepath.Join(root, "shell", "fuse", img),
@@ -186,7 +193,7 @@ func (b *bench) node(ctx context.Context) error {
 func (b *bench) nodeSetup(ctx context.Context, v *nodeVol) error {
 	v.tried = true
 	if _, err := b.env.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{
-		VolumeId: v.id, StagingTargetPath: v.stage, VolumeCapability: mountCap(),
+		VolumeId: v.id, StagingTargetPath: v.stage, VolumeCapability: mountCap(), VolumeContext: v.volCtx,
 	}); err != nil {
 		return fmt.Errorf("NodeStageVolume: %w", err)
 	}
