@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"fmt"
 	"sort"
 	"strings"
 
@@ -90,11 +89,4 @@ func (p parsedParams) schedRequest(topo *csi.TopologyRequirement) scheduler.Requ
 
 func topologyOf(zone string) []*csi.Topology {
 	return []*csi.Topology{{Segments: map[string]string{scheduler.TopologyKey: zone}}}
-}
-
-func describeBytes(n uint64) string {
-	if n >= 1<<30 && n%(1<<30) == 0 {
-		return fmt.Sprintf("%d GiB", n>>30)
-	}
-	return fmt.Sprintf("%d MiB", n>>20)
 }

@@ -111,7 +111,7 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 			return Volume{}, err
 		}
 		if res.State == records.StateReady {
-			if v, ok := p.existing(ctx, reg, res); ok {
+			if v, ok := p.existing(ctx, res); ok {
 				log.Info("volume already exists for this name", "volume", res.VolumeID)
 				return v, nil
 			}
@@ -180,7 +180,7 @@ func compatible(res records.Reservation, req Request) error {
 }
 
 // existing returns the volume of a ready reservation if its image is really there.
-func (p *Provisioner) existing(ctx context.Context, reg *records.Registry, res records.Reservation) (Volume, bool) {
+func (p *Provisioner) existing(ctx context.Context, res records.Reservation) (Volume, bool) {
 	id, err := volumeid.Parse(res.VolumeID)
 	if err != nil {
 		return Volume{}, false

@@ -75,8 +75,3 @@ func (g *Registry) Nodes(ctx context.Context) ([]Node, error) {
 		after = kvs[len(kvs)-1].Key
 	}
 }
-
-// UnregisterNode removes a node's record (operator clean-up).
-func (g *Registry) UnregisterNode(ctx context.Context, id string) error {
-	return g.Store.IndexRemove(ctx, nodesIndexOID, id)
-}

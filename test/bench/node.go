@@ -67,7 +67,7 @@ func (b *bench) node(ctx context.Context) error {
 			}
 		}
 		for _, v := range base {
-			if v != nil && (v.mounted || v.dev != "" || isMountPoint(v.dir)) {
+			if v != nil && (v.mounted || v.dev != "" || mapper.IsMountPoint(v.dir)) {
 				_ = runOne(cctx, func(ctx context.Context) error { return b.shellTeardown(ctx, v) })
 			}
 		}
@@ -252,7 +252,7 @@ func (b *bench) shellSetup(ctx context.Context, v *nodeVol) error {
 func (b *bench) shellTeardown(ctx context.Context, v *nodeVol) error {
 	var errs []error
 	for _, p := range []string{v.target, v.stage} {
-		if isMountPoint(p) {
+		if mapper.IsMountPoint(p) {
 			if _, err := runCmd(ctx, nil, "umount", p); err != nil {
 				errs = append(errs, err)
 			}
@@ -268,7 +268,7 @@ func (b *bench) shellTeardown(ctx context.Context, v *nodeVol) error {
 			v.dev = ""
 		}
 	}
-	if isMountPoint(v.dir) {
+	if mapper.IsMountPoint(v.dir) {
 		if _, err := runCmd(ctx, nil, "fusermount", "-u", v.dir); err != nil {
 			errs = append(errs, err)
 		}
@@ -295,22 +295,6 @@ func runDaemonCmd(ctx context.Context, env []string, logPath, name string, args 
 		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, tail(readFile(logPath), 5))
 	}
 	return nil
-}
-
-// isMountPoint: a different device than the parent, or a dead FUSE mount.
-func isMountPoint(dir string) bool {
-	if dir == "" {
-		return false
-	}
-	st, err := os.Stat(dir)
-	if err != nil {
-		return errors.Is(err, syscall.ENOTCONN)
-	}
-	parent, err := os.Stat(filepath.Dir(dir))
-	if err != nil {
-		return false
-	}
-	return st.Sys().(*syscall.Stat_t).Dev != parent.Sys().(*syscall.Stat_t).Dev
 }
 
 // rbdFuseFor lists the rbd-fuse processes whose mount point is dir.

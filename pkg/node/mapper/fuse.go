@@ -78,7 +78,7 @@ func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) error {
 	if fileAlive(file) {
 		return nil
 	}
-	if isMountPoint(dir) {
+	if IsMountPoint(dir) {
 		// A dead rbd-fuse leaves its mount behind ("transport endpoint is not connected").
 		if _, err := f.r.Run(ctx, "fusermount", "-u", "-z", dir); err != nil {
 			return fmt.Errorf("clearing the dead rbd-fuse mount at %s: %w", dir, err)
@@ -162,7 +162,7 @@ func (f *FUSE) Unmap(ctx context.Context, s Spec, m Mapping) error {
 			return fmt.Errorf("detaching %s: %w", l.Name, err)
 		}
 	}
-	if isMountPoint(dir) {
+	if IsMountPoint(dir) {
 		if _, err := f.r.Run(ctx, "fusermount", "-u", dir); err != nil {
 			// A dead daemon's mount needs a lazy unmount.
 			if _, err2 := f.r.Run(ctx, "fusermount", "-u", "-z", dir); err2 != nil {
@@ -207,9 +207,9 @@ func fileAlive(file string) bool {
 	return err == nil && st.Mode().IsRegular()
 }
 
-// isMountPoint compares device numbers with the parent; a dead FUSE mount
+// IsMountPoint compares device numbers with the parent; a dead FUSE mount
 // fails stat with ENOTCONN, which also means mounted.
-func isMountPoint(dir string) bool {
+func IsMountPoint(dir string) bool {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return errors.Is(err, syscall.ENOTCONN)
