@@ -40,6 +40,8 @@ usage: $0 COMMAND [ARGS]
   create-pool NAME POOL   create replicated (size 1) RBD pool POOL; idempotent
   stop NAME               kill NAME's daemons and remove its directory; idempotent
   stop-all                stop every cluster under \$BASALT_OUTPUT/ceph
+  pause NAME DAEMON       SIGSTOP NAME's mon, mgr or osd (a stalled daemon, for outage tests)
+  resume NAME DAEMON      SIGCONT it again
   env NAME                print the CEPH_* lines of running cluster NAME
   status                  list clusters and whether their daemons are alive
 
@@ -452,6 +454,16 @@ cmd_stop_all() {
   done
 }
 
+# A stalled daemon (SIGSTOP) is what a hung cluster looks like to a client:
+# connections stay open, calls get no answer.
+cmd_signal() { # cmd_signal NAME DAEMON SIGNAL
+  load_cluster "$1"
+  [[ $2 =~ ^(mon|mgr|osd)$ ]] || die "daemon must be mon, mgr or osd, not '$2'"
+  local pid
+  pid=$(daemon_pid "$2") || die "ceph-$2 of $NAME is not running"
+  kill -"$3" "$pid"
+}
+
 # ----------------------------------------------------------- env / status --
 
 cmd_env() {
@@ -504,6 +516,8 @@ start:1 | start:2) locked "$1" cmd_start "${@:2}" ;;
 create-pool:2) locked "$1" cmd_create_pool "$2" ;;
 stop:1) locked "$1" cmd_stop ;;
 stop-all:0) cmd_stop_all ;;
+pause:2) cmd_signal "$1" "$2" STOP ;;
+resume:2) cmd_signal "$1" "$2" CONT ;;
 env:1) cmd_env "$@" ;;
 status:0) cmd_status ;;
 *) usage ;;

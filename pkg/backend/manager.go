@@ -181,7 +181,10 @@ func (m *Manager) setDown(name string, cl Cluster, err error) {
 	e.cluster, e.lastErr = nil, err
 	m.mu.Unlock()
 	if cl != nil {
-		go cl.Close() // closing a hung connection can itself hang
+		// Requests may still hold cl: Close only refuses their new calls
+		// and frees the connection after the last running call returns.
+		// Freeing a hung connection can itself hang, hence the goroutine.
+		go cl.Close()
 	}
 	if first {
 		m.log.Error("backend is down; the scheduler skips it until it answers again", "backend", name, "error", err)

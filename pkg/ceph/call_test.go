@@ -3,8 +3,11 @@ package ceph
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
 )
 
 // A call that never returns (a hung librados call) must release its caller
@@ -13,7 +16,7 @@ func TestCallDeadline(t *testing.T) {
 	block := make(chan struct{})
 	defer close(block)
 	start := time.Now()
-	_, err := call(context.Background(), 50*time.Millisecond, "stuck op", func() (int, error) {
+	_, err := call(context.Background(), newScope(50*time.Millisecond), "stuck op", func() (int, error) {
 		<-block
 		return 1, nil
 	})
@@ -27,16 +30,76 @@ func TestCallDeadline(t *testing.T) {
 	// The caller's own cancellation also ends the wait.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := call(ctx, time.Hour, "stuck op", func() (int, error) { <-block; return 0, nil }); !errors.Is(err, context.Canceled) {
+	if _, err := call(ctx, newScope(time.Hour), "stuck op", func() (int, error) { <-block; return 0, nil }); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want Canceled", err)
 	}
 
-	v, err := call(context.Background(), time.Second, "quick op", func() (int, error) { return 7, nil })
+	v, err := call(context.Background(), newScope(time.Second), "quick op", func() (int, error) { return 7, nil })
 	if err != nil || v != 7 {
 		t.Fatalf("quick op: %v %v", v, err)
 	}
-	if _, err := call(context.Background(), time.Second, "failing op", func() (int, error) { return 0, errors.New("boom") }); err == nil || err.Error() != "failing op: boom" {
+	if _, err := call(context.Background(), newScope(time.Second), "failing op", func() (int, error) { return 0, errors.New("boom") }); err == nil || err.Error() != "failing op: boom" {
 		t.Fatalf("failing op: %v", err)
+	}
+}
+
+// Closing a scope while a call it abandoned still runs must not free the
+// handles under that call (the SIGSEGV in rados_ioctx_create(NULL) when a
+// stalled backend was marked down); calls after close are refused with a
+// retryable error; a child scope keeps its parent open.
+func TestScopeOutlivesAbandonedCalls(t *testing.T) {
+	root := newScope(20 * time.Millisecond)
+	var freed atomic.Int32
+	root.onFree(func() { freed.Add(1) })
+
+	child, err := root.child()
+	if err != nil {
+		t.Fatal(err)
+	}
+	childFreed := make(chan struct{})
+	child.onFree(func() { close(childFreed) })
+
+	block := make(chan struct{})
+	returned := make(chan struct{})
+	if _, err := call(context.Background(), child, "stuck op", func() (int, error) {
+		defer close(returned)
+		<-block
+		if freed.Load() != 0 {
+			t.Error("connection freed while a call was still running in it")
+		}
+		return 0, nil
+	}); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("err = %v, want ErrTimeout", err)
+	}
+	child.close()
+	root.close()
+	root.close() // idempotent
+	if freed.Load() != 0 {
+		t.Fatal("connection freed while an abandoned call runs")
+	}
+	if _, err := call(context.Background(), root, "late op", func() (int, error) {
+		t.Error("a call ran on a closed connection")
+		return 0, nil
+	}); !errors.Is(err, ErrClosed) || !errors.Is(err, backend.ErrDown) {
+		t.Fatalf("call after close: %v, want ErrClosed wrapping backend.ErrDown", err)
+	}
+	if _, err := root.child(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("child of a closed scope: %v", err)
+	}
+
+	close(block)
+	<-returned
+	select {
+	case <-childFreed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("child scope not freed after its last call returned")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for freed.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("connection freed %d times, want 1", freed.Load())
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

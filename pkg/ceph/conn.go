@@ -5,7 +5,8 @@
 // goroutine and the caller stops waiting at the deadline (the call itself is
 // also bounded by rados_osd_op_timeout / rados_mon_op_timeout). A hung
 // cluster therefore costs a caller at most one timeout and never holds a
-// Basalt lock beyond it.
+// Basalt lock beyond it. The abandoned call still runs, so the handles it
+// uses are freed only after it returns (see scope in scope.go).
 package ceph
 
 import (
@@ -25,52 +26,20 @@ import (
 
 // Conn implements backend.Cluster on a live cluster.
 type Conn struct {
-	name    string
-	conn    *rados.Conn
-	ioctx   *rados.IOContext
-	pool    string
-	fsid    string
-	poolID  int64
-	mons    string
-	timeout time.Duration
+	name   string
+	conn   *rados.Conn
+	ioctx  *rados.IOContext
+	pool   string
+	fsid   string
+	poolID int64
+	mons   string
+	s      *scope // owns conn and ioctx: see scope
 }
 
 var _ backend.Cluster = (*Conn)(nil)
 
-// ErrTimeout marks a Ceph call that did not return before its deadline.
-var ErrTimeout = errors.New("ceph call timed out")
-
-// call runs f with a deadline: the smaller of ctx's and timeout.
-func call[T any](ctx context.Context, timeout time.Duration, what string, f func() (T, error)) (T, error) {
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-	type result struct {
-		v   T
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		v, err := f()
-		done <- result{v, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return r.v, fmt.Errorf("%s: %w", what, r.err)
-		}
-		return r.v, nil
-	case <-ctx.Done():
-		var zero T
-		return zero, fmt.Errorf("%s: %w after %v: %w", what, ErrTimeout, timeout, ctx.Err())
-	}
-}
-
 func (c *Conn) do(ctx context.Context, what string, f func() error) error {
-	_, err := call(ctx, c.timeout, what, func() (struct{}, error) { return struct{}{}, f() })
-	return err
+	return do(ctx, c.s, what, f)
 }
 
 // Connect opens backend b. cephx credentials come from b.User and b.Keyring.
@@ -79,8 +48,12 @@ func Connect(ctx context.Context, b config.Backend, timeout time.Duration) (*Con
 	if err != nil {
 		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 	}
+	c := &Conn{name: b.Name, conn: conn, pool: b.Pool, s: newScope(timeout)}
+	// Shutdown runs last, after the IOContext registered below. Closing a
+	// connection whose connect is stuck can hang, hence "go c.Close()".
+	c.s.onFree(conn.Shutdown)
 	if err := conn.ReadConfigFile(b.CephConf); err != nil {
-		conn.Shutdown()
+		c.Close()
 		return nil, fmt.Errorf("backend %q: reading %s: %w", b.Name, b.CephConf, err)
 	}
 	secs := strconv.Itoa(int(timeout.Seconds()))
@@ -93,23 +66,28 @@ func Connect(ctx context.Context, b config.Backend, timeout time.Duration) (*Con
 		"err_to_stderr":        "false",
 	} {
 		if err := conn.SetConfigOption(k, v); err != nil {
-			conn.Shutdown()
+			c.Close()
 			return nil, fmt.Errorf("backend %q: setting %s: %w", b.Name, k, err)
 		}
 	}
-	c := &Conn{name: b.Name, conn: conn, pool: b.Pool, timeout: timeout}
 	if err := c.do(ctx, "connecting to "+b.CephConf+" as client."+b.User, conn.Connect); err != nil {
-		go conn.Shutdown()
+		go c.Close()
 		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 	}
-	fsid, err := call(ctx, timeout, "reading fsid", conn.GetFSID)
+	fsid, err := call(ctx, c.s, "reading fsid", conn.GetFSID)
 	if err != nil {
-		go conn.Shutdown()
+		go c.Close()
 		return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 	}
-	ioctx, err := call(ctx, timeout, "opening pool "+b.Pool, func() (*rados.IOContext, error) { return conn.OpenIOContext(b.Pool) })
+	ioctx, err := call(ctx, c.s, "opening pool "+b.Pool, func() (*rados.IOContext, error) {
+		ioctx, err := conn.OpenIOContext(b.Pool)
+		if err == nil {
+			c.s.onFree(ioctx.Destroy)
+		}
+		return ioctx, err
+	})
 	if err != nil {
-		go conn.Shutdown()
+		go c.Close()
 		return nil, fmt.Errorf("backend %q: pool %q: %w", b.Name, b.Pool, err)
 	}
 	c.fsid, c.ioctx, c.poolID = fsid, ioctx, ioctx.GetPoolID()
@@ -126,16 +104,15 @@ func (c *Conn) Monitors() string { return c.mons }
 // PoolID is the backend pool's ID.
 func (c *Conn) PoolID() int64 { return c.poolID }
 
-// Close releases the connection.
-func (c *Conn) Close() {
-	c.ioctx.Destroy()
-	c.conn.Shutdown()
-}
+// Close refuses new calls and releases the connection once the last call
+// still running on it (one its caller abandoned at a deadline, say) returns.
+// Calls made after Close fail with ErrClosed, which wraps backend.ErrDown.
+func (c *Conn) Close() { c.s.close() }
 
 // Stats reads the pool's capacity the way Cinder's RBD driver reports it:
 // free = the pool's max_avail, total = what the pool stores plus max_avail.
 func (c *Conn) Stats(ctx context.Context) (backend.Stats, error) {
-	out, err := call(ctx, c.timeout, "ceph df", func() ([]byte, error) {
+	out, err := call(ctx, c.s, "ceph df", func() ([]byte, error) {
 		buf, _, err := c.conn.MonCommand([]byte(`{"prefix":"df","format":"json"}`))
 		return buf, err
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
@@ -29,27 +30,44 @@ func (c *Conn) CopyFrom(ctx context.Context, from backend.Cluster, spec backend.
 	if !ok {
 		return fmt.Errorf("copy source for %s is not a Ceph connection (%T)", spec, from)
 	}
-	sioctx, err := src.poolIoctx(ctx, spec.Pool)
-	if err != nil {
-		return err
-	}
-	defer src.releaseIoctx(sioctx)
+	// The images stay open across many calls, so they belong to operation
+	// scopes: a read or write abandoned at its deadline keeps its image (and
+	// connection) open until it returns.
+	return src.inPool(ctx, spec.Pool, func(ss *scope, sioctx *rados.IOContext) error {
+		ds, err := c.s.child()
+		if err != nil {
+			return err
+		}
+		defer ds.close()
+		if ss == src.s { // the source's own pool: still give its image a scope
+			if ss, err = src.s.child(); err != nil {
+				return err
+			}
+			defer ss.close()
+		}
+		return c.copyImage(ctx, ss, sioctx, spec, ds, dst)
+	})
+}
 
-	simg, err := call(ctx, src.timeout, "opening "+spec.String(), func() (*rbd.Image, error) {
-		return rbd.OpenImageReadOnly(sioctx, spec.Image, spec.Snap)
+func (c *Conn) copyImage(ctx context.Context, ss *scope, sioctx *rados.IOContext, spec backend.ImageSpec, ds *scope, dst string) error {
+	simg, err := call(ctx, ss, "opening "+spec.String(), func() (*rbd.Image, error) {
+		img, err := rbd.OpenImageReadOnly(sioctx, spec.Image, spec.Snap)
+		if err == nil {
+			ss.onFree(func() { _ = img.Close() })
+		}
+		return img, err
 	})
 	if err != nil {
 		return translate(err)
 	}
-	defer func() { _ = simg.Close() }()
-	size, err := call(ctx, src.timeout, "sizing "+spec.String(), simg.GetSize)
+	size, err := call(ctx, ss, "sizing "+spec.String(), simg.GetSize)
 	if err != nil {
 		return err
 	}
 	// Extents with data; a thin 1 GiB image with a small filesystem has few.
-	var extents []extent
-	err = src.do(ctx, "listing allocated extents of "+spec.String(), func() error {
-		return simg.DiffIterate(rbd.DiffIterateConfig{
+	extents, err := call(ctx, ss, "listing allocated extents of "+spec.String(), func() ([]extent, error) {
+		var extents []extent
+		err := simg.DiffIterate(rbd.DiffIterateConfig{
 			Offset: 0, Length: size, IncludeParent: rbd.IncludeParent, WholeObject: rbd.EnableWholeObject,
 			Callback: func(off, length uint64, exists int, _ interface{}) int {
 				if exists == 0 {
@@ -63,6 +81,7 @@ func (c *Conn) CopyFrom(ctx context.Context, from backend.Cluster, spec backend.
 				return 0
 			},
 		})
+		return extents, err
 	})
 	if err != nil {
 		return err
@@ -70,29 +89,34 @@ func (c *Conn) CopyFrom(ctx context.Context, from backend.Cluster, spec backend.
 	if err := c.CreateImage(ctx, dst, size); err != nil {
 		return err
 	}
-	dimg, err := call(ctx, c.timeout, "opening "+dst, func() (*rbd.Image, error) {
-		return rbd.OpenImage(c.ioctx, dst, rbd.NoSnapshot)
+	dimg, err := call(ctx, ds, "opening "+dst, func() (*rbd.Image, error) {
+		img, err := rbd.OpenImage(c.ioctx, dst, rbd.NoSnapshot)
+		if err == nil {
+			ds.onFree(func() { _ = img.Close() })
+		}
+		return img, err
 	})
 	if err != nil {
 		return translate(err)
 	}
-	defer func() { _ = dimg.Close() }()
-
-	buf := make([]byte, copyChunk)
 	for _, e := range extents {
 		for off := e.off; off < e.off+e.len; off += copyChunk {
 			n := min(uint64(copyChunk), e.off+e.len-off)
-			chunk := buf[:n]
-			if err := src.do(ctx, fmt.Sprintf("reading %s at %d", spec, off), func() error {
+			// A fresh buffer per chunk: an abandoned read may still fill
+			// the previous one. Memory stays bounded by one chunk per call
+			// still running.
+			chunk, err := call(ctx, ss, fmt.Sprintf("reading %s at %d", spec, off), func() ([]byte, error) {
+				chunk := make([]byte, n)
 				_, err := simg.ReadAt(chunk, int64(off))
-				return err
-			}); err != nil {
+				return chunk, err
+			})
+			if err != nil {
 				return err
 			}
 			if isZero(chunk) {
 				continue // keep the copy thin
 			}
-			if err := c.do(ctx, fmt.Sprintf("writing %s at %d", dst, off), func() error {
+			if err := do(ctx, ds, fmt.Sprintf("writing %s at %d", dst, off), func() error {
 				_, err := dimg.WriteAt(chunk, int64(off))
 				return err
 			}); err != nil {
@@ -100,7 +124,7 @@ func (c *Conn) CopyFrom(ctx context.Context, from backend.Cluster, spec backend.
 			}
 		}
 	}
-	return c.do(ctx, "flushing "+dst, dimg.Flush)
+	return do(ctx, ds, "flushing "+dst, dimg.Flush)
 }
 
 func isZero(b []byte) bool {

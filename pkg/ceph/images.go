@@ -22,57 +22,67 @@ func (c *Conn) imageOptions() *rbd.ImageOptions {
 	return opts
 }
 
-// poolIoctx opens another pool of this cluster (a golden image's pool).
-func (c *Conn) poolIoctx(ctx context.Context, pool string) (*rados.IOContext, error) {
+// inPool runs f with an IOContext on pool (a golden image's pool) and the
+// scope that f's calls must use: the backend's own for the backend pool, or
+// an operation scope that owns an IOContext opened for f.
+func (c *Conn) inPool(ctx context.Context, pool string, f func(s *scope, ioctx *rados.IOContext) error) error {
 	if pool == c.pool {
-		return c.ioctx, nil
+		return f(c.s, c.ioctx)
 	}
-	ioctx, err := call(ctx, c.timeout, "opening pool "+pool, func() (*rados.IOContext, error) { return c.conn.OpenIOContext(pool) })
-	return ioctx, translate(err)
-}
-
-func (c *Conn) releaseIoctx(ioctx *rados.IOContext) {
-	if ioctx != c.ioctx {
-		ioctx.Destroy()
+	s, err := c.s.child()
+	if err != nil {
+		return err
 	}
+	defer s.close()
+	ioctx, err := call(ctx, s, "opening pool "+pool, func() (*rados.IOContext, error) {
+		ioctx, err := c.conn.OpenIOContext(pool)
+		if err == nil {
+			s.onFree(ioctx.Destroy)
+		}
+		return ioctx, err
+	})
+	if err != nil {
+		return translate(err)
+	}
+	return f(s, ioctx)
 }
 
 // SnapshotSize implements backend.Cluster.
 func (c *Conn) SnapshotSize(ctx context.Context, spec backend.ImageSpec) (uint64, error) {
-	ioctx, err := c.poolIoctx(ctx, spec.Pool)
-	if err != nil {
-		return 0, err
-	}
-	defer c.releaseIoctx(ioctx)
-	return call(ctx, c.timeout, "inspecting "+spec.String(), func() (uint64, error) {
-		img, err := rbd.OpenImageReadOnly(ioctx, spec.Image, spec.Snap)
-		if err != nil {
-			return 0, translate(err)
-		}
-		defer img.Close()
-		protected, err := img.GetSnapshot(spec.Snap).IsProtected()
-		if err != nil {
-			return 0, translate(err)
-		}
-		if !protected {
-			return 0, fmt.Errorf("%s: %w (run: rbd snap protect %s)", spec, backend.ErrNotProtected, spec)
-		}
-		return img.GetSize()
+	var size uint64
+	err := c.inPool(ctx, spec.Pool, func(s *scope, ioctx *rados.IOContext) error {
+		return do(ctx, s, "inspecting "+spec.String(), func() error {
+			img, err := rbd.OpenImageReadOnly(ioctx, spec.Image, spec.Snap)
+			if err != nil {
+				return translate(err)
+			}
+			defer img.Close()
+			protected, err := img.GetSnapshot(spec.Snap).IsProtected()
+			if err != nil {
+				return translate(err)
+			}
+			if !protected {
+				return fmt.Errorf("%s: %w (run: rbd snap protect %s)", spec, backend.ErrNotProtected, spec)
+			}
+			size, err = img.GetSize()
+			return err
+		})
 	})
+	if err != nil {
+		return 0, err // size may still be written by an abandoned call
+	}
+	return size, nil
 }
 
 // Clone implements backend.Cluster.
 func (c *Conn) Clone(ctx context.Context, spec backend.ImageSpec, dst string) error {
-	src, err := c.poolIoctx(ctx, spec.Pool)
-	if err != nil {
-		return err
-	}
-	defer c.releaseIoctx(src)
-	return translate(c.do(ctx, fmt.Sprintf("cloning %s to %s/%s", spec, c.pool, dst), func() error {
-		opts := c.imageOptions()
-		defer opts.Destroy()
-		return rbd.CloneImage(src, spec.Image, spec.Snap, c.ioctx, dst, opts)
-	}))
+	return c.inPool(ctx, spec.Pool, func(s *scope, src *rados.IOContext) error {
+		return translate(do(ctx, s, fmt.Sprintf("cloning %s to %s/%s", spec, c.pool, dst), func() error {
+			opts := c.imageOptions()
+			defer opts.Destroy()
+			return rbd.CloneImage(src, spec.Image, spec.Snap, c.ioctx, dst, opts)
+		}))
+	})
 }
 
 // CreateImage implements backend.Cluster.
@@ -170,7 +180,10 @@ func (c *Conn) StatImage(ctx context.Context, name string) (backend.ImageInfo, e
 		info = backend.ImageInfo{SizeBytes: size, Metadata: md}
 		return nil
 	})
-	return info, err
+	if err != nil {
+		return backend.ImageInfo{}, err // info may still be written by an abandoned call
+	}
+	return info, nil
 }
 
 // Usage implements backend.Cluster. The image is opened read-only so that
@@ -204,7 +217,10 @@ func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
 		u.Watchers = len(w)
 		return nil
 	})
-	return u, err
+	if err != nil {
+		return backend.Usage{}, err // u may still be written by an abandoned call
+	}
+	return u, nil
 }
 
 // RemoveImage implements backend.Cluster.

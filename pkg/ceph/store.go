@@ -30,93 +30,98 @@ func (c *Conn) recordsIoctx() (*rados.IOContext, error) {
 	return ioctx, nil
 }
 
-func (c *Conn) withRecords(ctx context.Context, what, oid string, f func(*rados.IOContext) error) error {
-	err := c.do(ctx, what+" "+recordsNamespace+"/"+oid, func() error {
+// inRecords runs f on a private records IOContext, in one call; f's result
+// is returned only when f finished, so an abandoned f writes nothing the
+// caller reads.
+func inRecords[T any](ctx context.Context, c *Conn, what, oid string, f func(*rados.IOContext) (T, error)) (T, error) {
+	v, err := call(ctx, c.s, what+" "+recordsNamespace+"/"+oid, func() (T, error) {
 		ioctx, err := c.recordsIoctx()
 		if err != nil {
-			return err
+			var zero T
+			return zero, err
 		}
 		defer ioctx.Destroy()
 		return f(ioctx)
 	})
 	switch {
 	case err == nil:
-		return nil
+		return v, nil
 	case errors.Is(err, rados.ErrNotFound), isErrno(err, 2): // ENOENT
-		return fmt.Errorf("%w: %v", records.ErrNotFound, err)
+		err = fmt.Errorf("%w: %v", records.ErrNotFound, err)
 	case errors.Is(err, rados.ErrObjectExists), isErrno(err, 17): // EEXIST
-		return fmt.Errorf("%w: %v", records.ErrExists, err)
+		err = fmt.Errorf("%w: %v", records.ErrExists, err)
 	case isErrno(err, 75): // EOVERFLOW: version assertion failed (newer)
-		return fmt.Errorf("%w: %v", records.ErrConflict, err)
+		err = fmt.Errorf("%w: %v", records.ErrConflict, err)
 	case isErrno(err, 34): // ERANGE: version assertion failed (older)
-		return fmt.Errorf("%w: %v", records.ErrConflict, err)
+		err = fmt.Errorf("%w: %v", records.ErrConflict, err)
 	}
-	return err
+	var zero T
+	return zero, err
+}
+
+type versioned struct {
+	data []byte
+	ver  uint64
 }
 
 // Get implements records.Store.
 func (c *Conn) Get(ctx context.Context, oid string) ([]byte, uint64, error) {
-	var data []byte
-	var ver uint64
-	err := c.withRecords(ctx, "reading", oid, func(ioctx *rados.IOContext) error {
+	r, err := inRecords(ctx, c, "reading", oid, func(ioctx *rados.IOContext) (versioned, error) {
 		buf := make([]byte, maxRecord)
 		n, err := ioctx.Read(oid, buf, 0)
 		if err != nil {
-			return err
+			return versioned{}, err
 		}
 		if n == 0 {
 			// A zero-length object is one being created: treat as absent.
 			if _, err := ioctx.Stat(oid); err != nil {
-				return err
+				return versioned{}, err
 			}
 		}
-		data = buf[:n]
-		ver, err = ioctx.GetLastVersion()
-		return err
+		ver, err := ioctx.GetLastVersion()
+		return versioned{buf[:n], ver}, err
 	})
-	return data, ver, err
+	return r.data, r.ver, err
 }
 
 // Create implements records.Store.
 func (c *Conn) Create(ctx context.Context, oid string, data []byte) (uint64, error) {
-	var ver uint64
-	err := c.withRecords(ctx, "creating", oid, func(ioctx *rados.IOContext) error {
+	return inRecords(ctx, c, "creating", oid, func(ioctx *rados.IOContext) (uint64, error) {
 		op := rados.CreateWriteOp()
 		defer op.Release()
 		op.Create(rados.CreateExclusive)
 		op.WriteFull(data)
 		if err := op.Operate(ioctx, oid, rados.OperationNoFlag); err != nil {
-			return err
+			return 0, err
 		}
-		var err error
-		ver, err = ioctx.GetLastVersion()
-		return err
+		return ioctx.GetLastVersion()
 	})
-	return ver, err
 }
 
 // Update implements records.Store. The version the write produced comes
 // from the private IOContext, so no read-back is needed.
 func (c *Conn) Update(ctx context.Context, oid string, version uint64, data []byte) (uint64, error) {
-	var ver uint64
-	err := c.withRecords(ctx, "updating", oid, func(ioctx *rados.IOContext) error {
+	return inRecords(ctx, c, "updating", oid, func(ioctx *rados.IOContext) (uint64, error) {
 		op := rados.CreateWriteOp()
 		defer op.Release()
 		op.AssertVersion(version)
 		op.WriteFull(data)
 		if err := op.Operate(ioctx, oid, rados.OperationNoFlag); err != nil {
-			return err
+			return 0, err
 		}
-		var err error
-		ver, err = ioctx.GetLastVersion()
-		return err
+		return ioctx.GetLastVersion()
 	})
-	return ver, err
+}
+
+// inRecordsErr is inRecords for f without a result.
+func inRecordsErr(ctx context.Context, c *Conn, what, oid string, f func(*rados.IOContext) error) error {
+	_, err := inRecords(ctx, c, what, oid, func(ioctx *rados.IOContext) (struct{}, error) { return struct{}{}, f(ioctx) })
+	return err
 }
 
 // Delete implements records.Store.
 func (c *Conn) Delete(ctx context.Context, oid string) error {
-	err := c.withRecords(ctx, "deleting", oid, func(ioctx *rados.IOContext) error { return ioctx.Delete(oid) })
+	err := inRecordsErr(ctx, c, "deleting", oid, func(ioctx *rados.IOContext) error { return ioctx.Delete(oid) })
 	if errors.Is(err, records.ErrNotFound) {
 		return nil
 	}
@@ -125,12 +130,12 @@ func (c *Conn) Delete(ctx context.Context, oid string) error {
 
 // IndexSet implements records.Store.
 func (c *Conn) IndexSet(ctx context.Context, oid string, kv map[string][]byte) error {
-	return c.withRecords(ctx, "indexing in", oid, func(ioctx *rados.IOContext) error { return ioctx.SetOmap(oid, kv) })
+	return inRecordsErr(ctx, c, "indexing in", oid, func(ioctx *rados.IOContext) error { return ioctx.SetOmap(oid, kv) })
 }
 
 // IndexRemove implements records.Store.
 func (c *Conn) IndexRemove(ctx context.Context, oid string, keys ...string) error {
-	err := c.withRecords(ctx, "unindexing in", oid, func(ioctx *rados.IOContext) error { return ioctx.RmOmapKeys(oid, keys) })
+	err := inRecordsErr(ctx, c, "unindexing in", oid, func(ioctx *rados.IOContext) error { return ioctx.RmOmapKeys(oid, keys) })
 	if errors.Is(err, records.ErrNotFound) {
 		return nil
 	}
@@ -139,48 +144,48 @@ func (c *Conn) IndexRemove(ctx context.Context, oid string, keys ...string) erro
 
 // IndexGet implements records.Store.
 func (c *Conn) IndexGet(ctx context.Context, oid string, keys ...string) (map[string][]byte, error) {
-	out := map[string][]byte{}
-	err := c.withRecords(ctx, "looking up in", oid, func(ioctx *rados.IOContext) error {
+	out, err := inRecords(ctx, c, "looking up in", oid, func(ioctx *rados.IOContext) (map[string][]byte, error) {
+		out := map[string][]byte{}
 		op := rados.CreateReadOp()
 		defer op.Release()
 		step := op.GetOmapValuesByKeys(keys)
 		if err := op.Operate(ioctx, oid, rados.OperationNoFlag); err != nil {
-			return err
+			return nil, err
 		}
 		for {
 			kv, err := step.Next()
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if kv == nil {
-				return nil
+				return out, nil
 			}
 			out[kv.Key] = append([]byte(nil), kv.Value...)
 		}
 	})
 	if errors.Is(err, records.ErrNotFound) {
-		return out, nil
+		return map[string][]byte{}, nil
 	}
 	return out, err
 }
 
 // IndexList implements records.Store.
 func (c *Conn) IndexList(ctx context.Context, oid, startAfter, prefix string, max int) ([]records.KV, error) {
-	var out []records.KV
-	err := c.withRecords(ctx, "listing", oid, func(ioctx *rados.IOContext) error {
+	out, err := inRecords(ctx, c, "listing", oid, func(ioctx *rados.IOContext) ([]records.KV, error) {
 		m, err := ioctx.GetOmapValues(oid, startAfter, prefix, int64(max))
 		if err != nil {
-			return err
+			return nil, err
 		}
+		out := make([]records.KV, 0, len(m))
 		for k, v := range m {
 			out = append(out, records.KV{Key: k, Value: v})
 		}
-		return nil
+		sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+		return out, nil
 	})
 	if errors.Is(err, records.ErrNotFound) {
 		return nil, nil
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out, err
 }
 

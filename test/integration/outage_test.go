@@ -1,0 +1,145 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/ceph"
+	"github.com/basalt-csi/basalt/pkg/config"
+	"github.com/basalt-csi/basalt/pkg/records"
+)
+
+// A monitor stall longer than the Ceph timeout makes the capacity refresh
+// mark the backend down and close its connection while requests still hold
+// it and a timed-out call still runs in it. Before connections were
+// reference-counted this freed librados under those calls (SIGSEGV in
+// rados_ioctx_create(NULL)); now the calls fail with a retryable error, the
+// connection is freed after the last of them, and the backend comes back.
+func TestMonitorStallClosesConnectionSafely(t *testing.T) {
+	cfg, err := config.Parse("stall.yaml", []byte(fmt.Sprintf(`backends:
+  - name: b-std
+    cephConf: %s
+    user: admin
+    keyring: %s
+    pool: volumes
+    zone: zone-b
+cephTimeoutSeconds: 2
+statsIntervalSeconds: 60
+`, c2.Conf, c2.Keyring)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	mgr := backend.NewManager(cfg, func(ctx context.Context, b config.Backend) (backend.Cluster, error) {
+		return ceph.Connect(ctx, b, 2*time.Second)
+	}, log)
+	mgr.Provisioned = nil // the registry is this same stalled backend
+	t.Cleanup(mgr.Close)
+	ctx := tctx(t)
+	mgr.Refresh(ctx)
+	held, _, err := mgr.Get("b-std")
+	if err != nil {
+		t.Fatalf("backend not up: %v", err)
+	}
+
+	pause(t, c2, "mon")
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			resume(t, c2, "mon")
+		}
+	})
+
+	// A request that holds the connection and keeps calling it, as the
+	// controller's handlers and heartbeat do.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+				var err error
+				if i%2 == 0 {
+					_, err = held.Stats(cctx)
+				} else {
+					_, _, err = held.Get(cctx, "basalt.stall-probe")
+				}
+				cancel()
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+
+	mgr.Refresh(ctx) // times out on the stalled monitor: down, connection closed
+	if _, _, err := mgr.Get("b-std"); !errors.Is(err, backend.ErrDown) {
+		t.Fatalf("after a stalled refresh Get = %v, want ErrDown", err)
+	}
+	time.Sleep(time.Second) // calls go on against the closed connection
+	if _, _, err := held.Get(ctx, "basalt.stall-probe"); !errors.Is(err, backend.ErrDown) {
+		t.Errorf("a call on the closed connection returned %v, want an error wrapping ErrDown (retryable)", err)
+	}
+	resume(t, c2, "mon")
+	resumed = true
+	close(stop)
+	wg.Wait()
+
+	mu.Lock()
+	for _, err := range errs {
+		// The OSD still answers reads: "not found" for the probe object
+		// is a real answer from before the close.
+		if !errors.Is(err, backend.ErrDown) && !errors.Is(err, ceph.ErrTimeout) && !errors.Is(err, records.ErrNotFound) {
+			t.Errorf("call during the stall failed with %v: want a timeout, ErrDown or not found", err)
+		}
+	}
+	mu.Unlock()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mgr.Refresh(ctx)
+		if _, _, err := mgr.Get("b-std"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("backend did not come back after the monitor resumed")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	fresh, _, _ := mgr.Get("b-std")
+	if _, err := fresh.Stats(ctx); err != nil {
+		t.Fatalf("new connection after the stall: %v", err)
+	}
+}
+
+func pause(t *testing.T, c *cluster, daemon string) {
+	t.Helper()
+	if _, err := script(context.Background(), "ceph-cluster.sh", "pause", c.Name, daemon); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func resume(t *testing.T, c *cluster, daemon string) {
+	t.Helper()
+	if _, err := script(context.Background(), "ceph-cluster.sh", "resume", c.Name, daemon); err != nil {
+		t.Fatal(err)
+	}
+}
