@@ -122,6 +122,10 @@ func newManager(cfg *config.Config, log *slog.Logger) *backend.Manager {
 // working on them (another controller replica, or a CO retry in flight).
 const recoverGrace = 2 * time.Minute
 
+// flattenInterval is how often the flatten queue is re-read besides the
+// wake-ups creates send (work a crash or a down backend left queued).
+const flattenInterval = time.Minute
+
 // recoverLoop undoes creates interrupted by a crash: once at start (as soon
 // as the registry backend answers) and then every few minutes.
 func recoverLoop(ctx context.Context, prov *provision.Provisioner, log *slog.Logger) {
@@ -185,6 +189,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		cs = driver.NewController(prov, log)
 		ids.Controller = true
 		go recoverLoop(ctx, prov, log)
+		go prov.RunFlattener(ctx, flattenInterval)
 	}
 	if o.mode != "controller" {
 		svc, err := newNodeService(o, prov, log)

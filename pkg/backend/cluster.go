@@ -7,6 +7,7 @@ package backend
 
 import (
 	"context"
+	"time"
 	"errors"
 	"fmt"
 	"strings"
@@ -19,6 +20,10 @@ var (
 	ErrNotFound     = errors.New("not found")
 	ErrNotProtected = errors.New("snapshot is not protected")
 	ErrBusy         = errors.New("image is in use")
+	// ErrHasSnapshots: the image cannot be removed while it has snapshots.
+	ErrHasSnapshots = errors.New("image has snapshots")
+	// ErrSnapshotLimit: the image has as many snapshots as allowed.
+	ErrSnapshotLimit = errors.New("snapshot limit reached")
 )
 
 // ImageSpec names a golden image's snapshot: pool/name@snap.
@@ -56,6 +61,7 @@ type ImageInfo struct {
 type Usage struct {
 	Children []string // pool/image of clones of its snapshots
 	Watchers int      // clients with the image open (mapped)
+	Parent   string   // the parent image, if a clone of one in the same pool
 }
 
 // Cluster is everything Basalt does on one backend: its Ceph cluster and pool.
@@ -80,8 +86,26 @@ type Cluster interface {
 	Finish(ctx context.Context, name string, size uint64, kv map[string]string) error
 	StatImage(ctx context.Context, name string) (ImageInfo, error)
 	Usage(ctx context.Context, name string) (Usage, error)
-	// RemoveImage deletes the image; absent is success; ErrBusy if open.
+	// RemoveImage deletes the image; absent is success; ErrBusy if open;
+	// ErrHasSnapshots while it has snapshots (those in Ceph's snapshot
+	// trash, which wait for their last clone, included).
 	RemoveImage(ctx context.Context, name string) error
+	// RenameImage renames an image in the backend pool; clones keep their
+	// parent (they refer to it by ID).
+	RenameImage(ctx context.Context, from, to string) error
+
+	// CreateSnapshot takes snapshot snap of image and returns the image's
+	// size at that point; an existing snap is success. ErrSnapshotLimit when
+	// the image already has limit snapshots (0 = no limit).
+	CreateSnapshot(ctx context.Context, image, snap string, limit int) (uint64, error)
+	// RemoveSnapshot removes snap of image; absent is success.
+	RemoveSnapshot(ctx context.Context, image, snap string) error
+	// CloneDepth is the number of parents above image (0 = not a clone).
+	CloneDepth(ctx context.Context, image string) (int, error)
+	// Flatten copies the parent's data into image and detaches it.
+	// Flatten copies the parent's data into image and detaches it; it may
+	// run up to timeout (longer than the Ceph timeout: it copies data).
+	Flatten(ctx context.Context, image string, timeout time.Duration) error
 	Close()
 }
 

@@ -148,6 +148,8 @@ func translate(err error) error {
 		return fmt.Errorf("%w: %v", backend.ErrNotFound, err)
 	case errors.Is(err, rbd.ErrImageIsOpen), isErrno(err, 16): // EBUSY
 		return fmt.Errorf("%w: %v", backend.ErrBusy, err)
+	case isErrno(err, 39): // ENOTEMPTY
+		return fmt.Errorf("%w: %v", backend.ErrHasSnapshots, err)
 	}
 	return err
 }

@@ -16,9 +16,19 @@ import (
 // (krbd included) supports and which cloning needs.
 const imageFeatures = rbd.FeatureLayering
 
-func (c *Conn) imageOptions() *rbd.ImageOptions {
+// Clones are format 2 ("clone v2"): their parent snapshot need not be
+// protected, and removing a snapshot that still has clones moves it to the
+// snapshot trash until the last clone goes, so snapshots and volumes have
+// independent lifecycles. Pacific creates them when asked, without raising
+// the cluster's require_min_compat_client (checked on a fresh cluster).
+const cloneFormat = 2
+
+func imageOptions(clone bool) *rbd.ImageOptions {
 	opts := rbd.NewRbdImageOptions()
 	_ = opts.SetUint64(rbd.ImageOptionFeatures, imageFeatures)
+	if clone { // rbd_create refuses the option (EINVAL)
+		_ = opts.SetUint64(rbd.ImageOptionCloneFormat, cloneFormat)
+	}
 	return opts
 }
 
@@ -78,7 +88,7 @@ func (c *Conn) SnapshotSize(ctx context.Context, spec backend.ImageSpec) (uint64
 func (c *Conn) Clone(ctx context.Context, spec backend.ImageSpec, dst string) error {
 	return c.inPool(ctx, spec.Pool, func(s *scope, src *rados.IOContext) error {
 		return translate(do(ctx, s, fmt.Sprintf("cloning %s to %s/%s", spec, c.pool, dst), func() error {
-			opts := c.imageOptions()
+			opts := imageOptions(true)
 			defer opts.Destroy()
 			return rbd.CloneImage(src, spec.Image, spec.Snap, c.ioctx, dst, opts)
 		}))
@@ -88,7 +98,7 @@ func (c *Conn) Clone(ctx context.Context, spec backend.ImageSpec, dst string) er
 // CreateImage implements backend.Cluster.
 func (c *Conn) CreateImage(ctx context.Context, name string, size uint64) error {
 	return translate(c.do(ctx, fmt.Sprintf("creating %s/%s", c.pool, name), func() error {
-		opts := c.imageOptions()
+		opts := imageOptions(false)
 		defer opts.Destroy()
 		return rbd.CreateImage(c.ioctx, name, size, opts)
 	}))
@@ -215,6 +225,10 @@ func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
 			return err
 		}
 		u.Watchers = len(w)
+		parent, err := img.GetParent()
+		if err == nil && parent.Image.PoolName == c.pool && !parent.Image.Trash {
+			u.Parent = parent.Image.ImageName
+		}
 		return nil
 	})
 	if err != nil {

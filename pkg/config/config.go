@@ -40,6 +40,17 @@ type Config struct {
 	CephTimeoutSeconds int `yaml:"cephTimeoutSeconds"`
 	// StatsIntervalSeconds is how often backends are re-probed and their capacity refreshed.
 	StatsIntervalSeconds int `yaml:"statsIntervalSeconds"`
+	// MaxSnapshotsPerImage bounds the snapshots of one volume (krbd cannot
+	// map an image with more than about 510).
+	MaxSnapshotsPerImage int `yaml:"maxSnapshotsPerImage"`
+	// MaxCloneDepth is Cinder's rbd_max_clone_depth: a volume deeper in a
+	// clone chain is flattened in the background. At most 15, so that a chain
+	// (one deeper while its flatten runs) stays within krbd's 16 levels.
+	MaxCloneDepth int `yaml:"maxCloneDepth"`
+	// FlattenConcurrency is Cinder's rbd_concurrent_flatten_operations.
+	FlattenConcurrency int `yaml:"flattenConcurrency"`
+	// FlattenTimeoutSeconds is the deadline of one flatten.
+	FlattenTimeoutSeconds int `yaml:"flattenTimeoutSeconds"`
 
 	Path string `yaml:"-"`
 }
@@ -50,10 +61,16 @@ const (
 	DefaultScheduleAttempts         = 3
 	DefaultCephTimeoutSeconds       = 30
 	DefaultStatsIntervalSeconds     = 30
+	DefaultMaxSnapshotsPerImage     = 256
+	DefaultMaxCloneDepth            = 5
+	DefaultFlattenConcurrency       = 2
+	DefaultFlattenTimeoutSeconds    = 3600
+	maxKrbdChain                    = 16
 )
 
 var (
-	topKeys     = keySet("backends", "registryBackend", "scheduleAttempts", "cephTimeoutSeconds", "statsIntervalSeconds")
+	topKeys     = keySet("backends", "registryBackend", "scheduleAttempts", "cephTimeoutSeconds", "statsIntervalSeconds",
+		"maxSnapshotsPerImage", "maxCloneDepth", "flattenConcurrency", "flattenTimeoutSeconds")
 	backendKeys = keySet("name", "cephConf", "user", "keyring", "pool", "zone", "reservedPercentage", "maxOverSubscriptionRatio", "capabilities")
 	required    = []string{"name", "cephConf", "user", "keyring", "pool", "zone"}
 )
@@ -168,6 +185,10 @@ func (c *Config) validate() error {
 		{"scheduleAttempts", &c.ScheduleAttempts, DefaultScheduleAttempts},
 		{"cephTimeoutSeconds", &c.CephTimeoutSeconds, DefaultCephTimeoutSeconds},
 		{"statsIntervalSeconds", &c.StatsIntervalSeconds, DefaultStatsIntervalSeconds},
+		{"maxSnapshotsPerImage", &c.MaxSnapshotsPerImage, DefaultMaxSnapshotsPerImage},
+		{"maxCloneDepth", &c.MaxCloneDepth, DefaultMaxCloneDepth},
+		{"flattenConcurrency", &c.FlattenConcurrency, DefaultFlattenConcurrency},
+		{"flattenTimeoutSeconds", &c.FlattenTimeoutSeconds, DefaultFlattenTimeoutSeconds},
 	} {
 		if *f.v < 0 {
 			return fmt.Errorf("key %q must be positive, got %d", f.key, *f.v)
@@ -175,6 +196,9 @@ func (c *Config) validate() error {
 		if *f.v == 0 {
 			*f.v = f.def
 		}
+	}
+	if c.MaxCloneDepth >= maxKrbdChain {
+		return fmt.Errorf("key \"maxCloneDepth\" must be below %d (krbd maps at most %d levels of clones, and a new clone is one deeper until its flatten ends), got %d", maxKrbdChain, maxKrbdChain, c.MaxCloneDepth)
 	}
 	return nil
 }

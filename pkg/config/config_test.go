@@ -98,3 +98,14 @@ func TestShippedExamplesParse(t *testing.T) {
 		}
 	}
 }
+
+func TestCloneDepthBoundedByKrbd(t *testing.T) {
+	base := "backends:\n  - {name: a, cephConf: c, user: u, keyring: k, pool: p, zone: z}\n"
+	if _, err := Parse("x", []byte(base+"maxCloneDepth: 16\n")); err == nil || !strings.Contains(err.Error(), "maxCloneDepth") {
+		t.Fatalf("maxCloneDepth 16 accepted: %v", err)
+	}
+	c, err := Parse("x", []byte(base+"maxCloneDepth: 15\n"))
+	if err != nil || c.MaxCloneDepth != 15 || c.MaxSnapshotsPerImage != DefaultMaxSnapshotsPerImage || c.FlattenConcurrency != DefaultFlattenConcurrency {
+		t.Fatalf("parse: %+v, %v", c, err)
+	}
+}

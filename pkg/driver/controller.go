@@ -56,9 +56,6 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err := validateCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, invalid("volume_content_source is not supported; use the %q parameter to create from a golden image", ParamImage)
-	}
 	cr := req.GetCapacityRange()
 	if cr.GetRequiredBytes() < 0 || cr.GetLimitBytes() < 0 {
 		return nil, invalid("capacity_range bytes must not be negative")
@@ -75,6 +72,13 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			return nil, invalid("parameter %q: no backend is named %q (configured: %v)", ParamBackend, params.backend, c.Prov.Backends.Names())
 		}
 	}
+	source, err := contentSource(req.GetVolumeContentSource())
+	if err != nil {
+		return nil, err
+	}
+	if source != nil {
+		params.image = nil // the snapshot or volume holds the data; the class's image does not apply
+	}
 	unlock, err := c.lock(ctx, provision.LockName(req.GetName()))
 	if err != nil {
 		return nil, err
@@ -82,6 +86,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	defer unlock()
 
 	v, err := c.Prov.Create(ctx, provision.Request{
+		Source:        source,
 		Name:          req.GetName(),
 		RequiredBytes: uint64(cr.GetRequiredBytes()),
 		LimitBytes:    uint64(cr.GetLimitBytes()),
@@ -93,7 +98,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &csi.CreateVolumeResponse{Volume: c.csiVolume(v.ID, v.Backend, v.Zone, v.SizeBytes, v.Source)}, nil
+	vol := c.csiVolume(v.ID, v.Backend, v.Zone, v.SizeBytes, v.Source)
+	vol.ContentSource = req.GetVolumeContentSource()
+	return &csi.CreateVolumeResponse{Volume: vol}, nil
 }
 
 func (c *Controller) csiVolume(id volumeid.ID, backendName, zone string, size uint64, source string) *csi.Volume {
@@ -263,6 +270,10 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 		csi.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
 		csi.ControllerServiceCapability_RPC_PUBLISH_READONLY,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES_PUBLISHED_NODES,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}

@@ -38,6 +38,33 @@ type Request struct {
 	Params   map[string]string
 	Metadata map[string]string // extra image metadata (PVC name, ...)
 	Sched    scheduler.Request // placement constraints; size and image are filled in here
+	// Source is a snapshot or volume to start from (CSI volume_content_source);
+	// Image and Source are exclusive.
+	Source *ContentSource
+}
+
+// ContentSource names a CSI snapshot or volume a new volume starts from.
+type ContentSource struct {
+	SnapshotID string
+	VolumeID   string
+}
+
+func (s ContentSource) String() string {
+	if s.SnapshotID != "" {
+		return "snapshot " + s.SnapshotID
+	}
+	return "volume " + s.VolumeID
+}
+
+// sourceName names what the volume starts from, for messages.
+func (r Request) sourceName() string {
+	switch {
+	case r.Source != nil:
+		return r.Source.String()
+	case r.Image != nil:
+		return "image " + r.Image.String()
+	}
+	return "(none)"
 }
 
 // Volume is what was created.
@@ -59,6 +86,7 @@ type Provisioner struct {
 	Locks *locks.Keyed
 
 	images imageCache
+	flat   flattener
 }
 
 const (
@@ -85,17 +113,21 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 		return Volume{}, err
 	}
 
-	// Find the golden image before sizing: its size is the default size and the minimum.
-	var imageClusters map[string]bool
-	var imageSize uint64
-	var sources map[string]backend.Cluster
-	if req.Image != nil {
-		imageClusters, imageSize, sources, err = p.findImage(ctx, *req.Image)
-		if err != nil {
-			return Volume{}, err
-		}
+	// Find the golden image, snapshot or volume to start from before sizing:
+	// its size is the default size and the minimum.
+	var o origin
+	switch {
+	case req.Image != nil:
+		o.spec, o.label = req.Image, req.Image.String()
+		o.clusters, o.size, o.sources, err = p.findImage(ctx, *req.Image)
+	case req.Source != nil:
+		o, err = p.resolveSource(ctx, reg, *req.Source)
+		req.Params = withSource(req.Params, *req.Source)
 	}
-	size, err := chooseSize(req, imageSize)
+	if err != nil {
+		return Volume{}, err
+	}
+	size, err := chooseSize(req, o.size)
 	if err != nil {
 		return Volume{}, err
 	}
@@ -123,11 +155,11 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 		}
 	}
 
-	v, err := p.place(ctx, log, reg, &res, req, size, imageClusters, sources)
+	v, err := p.place(ctx, log, reg, &res, req, size, o)
 	if err != nil {
 		// Revert the reservation: a later retry starts afresh.
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flow.UndoTimeout)
-		if rerr := reg.Release(uctx, req.Name, res.UUID); rerr != nil {
+		if rerr := reg.Release(uctx, records.KindVolume, req.Name, res.UUID); rerr != nil {
 			log.Error("could not release the name reservation", "error", rerr)
 		}
 		cancel()
@@ -141,6 +173,8 @@ func reserve(ctx context.Context, reg *records.Registry, r records.Reservation) 
 	return reg.Reserve(ctx, r)
 }
 
+// chooseSize serves any range RBD can represent: whole MiB where the range
+// holds one, else the exact byte count asked for (RBD sizes are bytes).
 func chooseSize(req Request, imageSize uint64) (uint64, error) {
 	size := RoundUp(req.RequiredBytes)
 	if size == 0 {
@@ -150,16 +184,21 @@ func chooseSize(req Request, imageSize uint64) (uint64, error) {
 		}
 		if req.LimitBytes != 0 && size > req.LimitBytes {
 			size = req.LimitBytes / mib * mib
+			if size < imageSize {
+				size = imageSize
+			} else if size == 0 {
+				size = req.LimitBytes
+			}
 		}
 	}
 	if req.LimitBytes != 0 && size > req.LimitBytes {
-		return 0, errorf(OutOfRange, nil, "required_bytes %d rounded up to whole MiB is %d, above limit_bytes %d", req.RequiredBytes, size, req.LimitBytes)
+		size = max(req.RequiredBytes, imageSize) // no whole MiB in the range
 	}
-	if size == 0 {
-		return 0, errorf(OutOfRange, nil, "limit_bytes %d is less than 1 MiB, the smallest volume", req.LimitBytes)
+	if req.LimitBytes != 0 && size > req.LimitBytes {
+		return 0, errorf(OutOfRange, nil, "the volume must hold the %d bytes of its source %s, above limit_bytes %d", imageSize, req.sourceName(), req.LimitBytes)
 	}
 	if size < imageSize {
-		return 0, errorf(OutOfRange, nil, "the volume (%d bytes) would be smaller than image %s (%d bytes)", size, req.Image, imageSize)
+		return 0, errorf(OutOfRange, nil, "the volume (%d bytes) would be smaller than its source %s (%d bytes)", size, req.sourceName(), imageSize)
 	}
 	return size, nil
 }
@@ -209,6 +248,14 @@ func (p *Provisioner) discardPartial(ctx context.Context, reg *records.Registry,
 	if err := cl.RemoveImage(ctx, volumeid.ImagePrefix+res.UUID); err != nil {
 		return classify(err, "removing the image of an interrupted create")
 	}
+	// A clone of a volume may have left its temporary snapshot on the source.
+	if src, ok := strings.CutPrefix(res.Params[sourceParam], "volume "); ok {
+		if sid, _, scl, err := p.Lookup(src); err == nil {
+			if err := scl.RemoveSnapshot(ctx, sid.ImageName(), volumeid.ClonePrefix+res.UUID); err != nil {
+				return classify(err, "removing the temporary snapshot of an interrupted clone")
+			}
+		}
+	}
 	if res.VolumeID != "" {
 		if err := reg.UnindexVolume(ctx, res.VolumeID); err != nil {
 			return classify(err, "unindexing an interrupted create")
@@ -220,10 +267,10 @@ func (p *Provisioner) discardPartial(ctx context.Context, reg *records.Registry,
 
 // place schedules and creates, rescheduling to the next backend on failure.
 func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.Registry, res *records.Reservation,
-	req Request, size uint64, imageClusters map[string]bool, sources map[string]backend.Cluster) (Volume, error) {
+	req Request, size uint64, o origin) (Volume, error) {
 	sreq := req.Sched
 	sreq.SizeBytes = size
-	sreq.ImageClusters = imageClusters
+	sreq.ImageClusters = o.clusters
 	tried := map[string]bool{}
 	var failures []string
 	for attempt := 1; attempt <= max(1, p.Attempts); attempt++ {
@@ -238,7 +285,7 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 		name := cand.Backend.Name
 		tried[name] = true
 		log.Info("scheduled", "backend", name, "attempt", attempt, "zone", cand.Backend.Zone, "local", cand.Local, "virtualFree", cand.VirtualFree)
-		v, err := p.createOn(ctx, log, reg, res, req, size, name, cand.Local, sources)
+		v, err := p.createOn(ctx, log, reg, res, req, size, name, cand.Local, o)
 		if err == nil {
 			return v, nil
 		}
@@ -256,7 +303,7 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 
 // createOn runs the volume-service steps on one backend, each with its undo.
 func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *records.Registry, res *records.Reservation,
-	req Request, size uint64, bname string, local bool, sources map[string]backend.Cluster) (Volume, error) {
+	req Request, size uint64, bname string, local bool, o origin) (Volume, error) {
 	// Pick charged size to bname as in flight; give it back exactly once on
 	// any failure, or settle it on success.
 	charged := true
@@ -282,8 +329,13 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 	method := "blank"
 	meta := map[string]string{MetaName: req.Name}
 	maps.Copy(meta, req.Metadata)
-	if req.Image != nil {
-		meta[MetaSource] = req.Image.String()
+	var spec backend.ImageSpec
+	if o.spec != nil {
+		spec = *o.spec
+		if o.volume != nil { // a clone of a volume goes through a snapshot of it
+			spec.Snap = volumeid.ClonePrefix + res.UUID
+		}
+		meta[MetaSource] = o.label
 		if local {
 			method = "clone"
 			meta[MetaSourceFSID] = cl.ClusterID()
@@ -293,7 +345,24 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 	}
 	meta[MetaSourceMethod] = method
 
-	steps := []flow.Step{
+	makeImage := flow.Step{
+		Name: method + " image",
+		Do: func(ctx context.Context) error {
+			switch method {
+			case "clone":
+				return cl.Clone(ctx, spec, image)
+			case "copy":
+				src := pickSource(o.sources)
+				if src == nil {
+					return fmt.Errorf("%s is in no reachable cluster", o.label)
+				}
+				return cl.CopyFrom(ctx, src, spec, image)
+			}
+			return cl.CreateImage(ctx, image, size)
+		},
+		Undo: func(ctx context.Context) error { return cl.RemoveImage(ctx, image) },
+	}
+	steps := append([]flow.Step{
 		{Name: "account capacity", Do: func(context.Context) error { return nil }, Undo: uncharge},
 		{
 			Name: "record placement",
@@ -302,24 +371,10 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 				return reg.Save(ctx, res)
 			},
 		},
-		{
-			Name: method + " image",
-			Do: func(ctx context.Context) error {
-				switch method {
-				case "clone":
-					return cl.Clone(ctx, *req.Image, image)
-				case "copy":
-					src := pickSource(sources)
-					if src == nil {
-						return fmt.Errorf("image %s is in no reachable cluster", req.Image)
-					}
-					return cl.CopyFrom(ctx, src, *req.Image, image)
-				}
-				return cl.CreateImage(ctx, image, size)
-			},
-			Undo: func(ctx context.Context) error { return cl.RemoveImage(ctx, image) },
-		},
+	}, o.around(makeImage, spec)...)
+	steps = append(steps, []flow.Step{
 		{Name: "resize and write metadata", Do: func(ctx context.Context) error { return cl.Finish(ctx, image, size, meta) }},
+		p.flattenStep(reg, cl, o, bname, image, id.String()),
 		{
 			Name: "index volume",
 			Do: func(ctx context.Context) error {
@@ -337,7 +392,7 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 				return reg.Save(ctx, res)
 			},
 		},
-	}
+	}...)
 	if err := flow.Run(ctx, log.With("backend", bname, "volume", id.String()), steps...); err != nil {
 		_ = uncharge(ctx) // in case the flow stopped before its first step
 		if req.Image != nil {

@@ -41,7 +41,9 @@ func (p *Provisioner) Stat(ctx context.Context, volumeID string) (volumeid.ID, s
 	return id, name, info, classify(err, "inspecting volume "+volumeID)
 }
 
-// Delete is DeleteVolume: idempotent, refuses volumes in use.
+// Delete is DeleteVolume: idempotent, refuses volumes in use. A volume with
+// snapshots (or clones made through them) is deleted too: its image is
+// renamed and kept until the last of them goes (reapDeleted).
 func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	log := p.Log.With("volume", volumeID)
 	id, bname, cl, err := p.Lookup(volumeID)
@@ -71,8 +73,8 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 		// Already gone; finish removing the records below.
 	case err != nil:
 		return classify(err, "checking whether volume "+volumeID+" is in use")
-	case len(usage.Children) > 0:
-		return errorf(FailedPrecondition, nil, "volume %s has clones (%s); delete them first", volumeID, strings.Join(usage.Children, ", "))
+	case usage.Watchers > 0 && p.Flattening(volumeID):
+		return errorf(Unavailable, nil, "volume %s is being flattened in the background (its clone chain was deeper than maxCloneDepth); retry when it ends", volumeID)
 	case usage.Watchers > 0:
 		return errorf(FailedPrecondition, nil, "volume %s is open by %d client(s) (still mapped on a node?); unmap it first", volumeID, usage.Watchers)
 	}
@@ -80,14 +82,26 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	if ierr != nil && !errors.Is(ierr, records.ErrNotFound) {
 		return classify(ierr, "reading the volume index")
 	}
-	if err := cl.RemoveImage(ctx, image); err != nil {
-		if errors.Is(err, backend.ErrBusy) {
-			return errorf(FailedPrecondition, err, "volume %s is in use", volumeID)
+	deferred := false
+	err = cl.RemoveImage(ctx, image)
+	switch {
+	case errors.Is(err, backend.ErrHasSnapshots):
+		// Listed first, so a crash before the rename leaves a trace the
+		// sweep resolves (it finds no renamed image and unlists it).
+		if err := reg.MarkDeleted(ctx, volumeID, bname); err != nil {
+			return classify(err, "listing the volume as deleted")
 		}
+		if err := cl.RenameImage(ctx, image, id.DeletedImageName()); err != nil {
+			return classify(err, "setting aside the image of "+volumeID+" for its snapshots")
+		}
+		deferred = true
+	case errors.Is(err, backend.ErrBusy):
+		return errorf(FailedPrecondition, err, "volume %s is in use", volumeID)
+	case err != nil:
 		return classify(err, "removing the image of "+volumeID)
 	}
 	if ierr == nil {
-		if err := reg.Release(ctx, entry.Name, id.UUID); err != nil {
+		if err := reg.Release(ctx, records.KindVolume, entry.Name, id.UUID); err != nil {
 			return classify(err, "releasing the name reservation")
 		}
 		if err := reg.UnindexVolume(ctx, volumeID); err != nil {
@@ -98,6 +112,15 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	if err := reg.DeleteAttachments(ctx, id.UUID); err != nil {
 		return classify(err, "removing the (empty) attachment record")
 	}
+	if err := reg.FlattenDone(ctx, volumeID); err != nil {
+		return classify(err, "dropping the volume from the flatten queue")
+	}
+	if deferred {
+		log.Info("volume deleted; its image is kept for its snapshots and removed with the last of them", "backend", bname, "image", id.DeletedImageName())
+		return nil
+	}
+	// Its parent may be a deleted volume's image that only it still needed.
+	p.reapDeleted(ctx, reg, cl, bname, usage.Parent)
 	log.Info("volume deleted", "backend", bname, "image", image)
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
 
 // Recover finds creates that were interrupted (the controller died between
@@ -19,51 +20,91 @@ func (p *Provisioner) Recover(ctx context.Context, grace time.Duration) (undone 
 	if err != nil {
 		return 0, err
 	}
-	names, err := reg.Pending(ctx, 1000)
-	if err != nil {
-		return 0, classify(err, "listing pending creates")
-	}
-	for _, name := range names {
-		lctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-		unlock, lerr := p.Locks.Lock(lctx, LockName(name))
-		cancel()
-		if lerr != nil {
-			continue
-		}
-		did, err := p.recoverOne(ctx, reg, name, grace)
-		unlock()
+	for _, kind := range []records.Kind{records.KindVolume, records.KindSnapshot} {
+		names, err := reg.Pending(ctx, kind, 1000)
 		if err != nil {
-			p.Log.Error("could not undo an interrupted create; will retry", "name", name, "error", err)
-			continue
+			return undone, classify(err, "listing pending creates")
 		}
-		if did {
-			undone++
+		for _, name := range names {
+			lctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			unlock, lerr := p.Locks.Lock(lctx, lockKey(kind, name))
+			cancel()
+			if lerr != nil {
+				continue
+			}
+			did, err := p.recoverOne(ctx, reg, kind, name, grace)
+			unlock()
+			if err != nil {
+				p.Log.Error("could not undo an interrupted create; will retry", "name", name, "kind", kind, "error", err)
+				continue
+			}
+			if did {
+				undone++
+			}
 		}
 	}
-	return undone, nil
+	// Deleted volumes whose images a crash kept past their last snapshot.
+	return undone, p.SweepDeleted(ctx)
 }
 
-func (p *Provisioner) recoverOne(ctx context.Context, reg *records.Registry, name string, grace time.Duration) (bool, error) {
-	res, err := reg.Reservation(ctx, name)
+func (p *Provisioner) recoverOne(ctx context.Context, reg *records.Registry, kind records.Kind, name string, grace time.Duration) (bool, error) {
+	res, err := reg.Reservation(ctx, kind, name)
 	switch {
 	case errors.Is(err, records.ErrNotFound):
-		return false, reg.Forget(ctx, name) // crashed between listing and creating
+		return false, reg.Forget(ctx, kind, name) // crashed between listing and creating
 	case err != nil:
 		return false, err
 	case res.State == records.StateReady:
-		return false, reg.Forget(ctx, name) // crashed between ready and unlisting
+		return false, reg.Forget(ctx, kind, name) // crashed between ready and unlisting
 	case time.Since(res.Updated) < grace:
 		return false, nil
 	}
-	p.Log.Warn("undoing an interrupted create", "name", name, "uuid", res.UUID, "backend", res.Backend, "since", res.Updated)
-	if err := p.discardPartial(ctx, reg, &res); err != nil {
+	p.Log.Warn("undoing an interrupted create", "name", name, "kind", kind, "uuid", res.UUID, "backend", res.Backend, "since", res.Updated)
+	if kind == records.KindSnapshot {
+		if err := p.discardSnapshot(ctx, reg, res); err != nil {
+			return false, err
+		}
+	} else if err := p.discardPartial(ctx, reg, &res); err != nil {
 		return false, err
 	}
-	return true, reg.Release(ctx, name, res.UUID)
+	return true, reg.Release(ctx, kind, name, res.UUID)
+}
+
+// discardSnapshot removes what an interrupted CreateSnapshot may have left:
+// the RBD snapshot and its index entry.
+func (p *Provisioner) discardSnapshot(ctx context.Context, reg *records.Registry, res records.Reservation) error {
+	vid, _, cl, err := p.Lookup(res.Source)
+	var pe *Error
+	if errors.As(err, &pe) && pe.Kind == NotFound {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	sid := volumeid.SnapshotID{Volume: vid, UUID: res.UUID}
+	for _, image := range []string{vid.ImageName(), vid.DeletedImageName()} {
+		if err := cl.RemoveSnapshot(ctx, image, sid.SnapName()); err != nil {
+			return classify(err, "removing the snapshot of an interrupted create")
+		}
+	}
+	return classify(reg.UnindexSnapshot(ctx, sid.String()), "unindexing an interrupted snapshot")
+}
+
+func lockKey(kind records.Kind, name string) string {
+	if kind == records.KindSnapshot {
+		return LockSnapshotName(name)
+	}
+	return LockName(name)
 }
 
 // LockName is the in-process lock key of a CreateVolume name.
 func LockName(name string) string { return "name " + name }
 
+// LockSnapshotName is the in-process lock key of a CreateSnapshot name.
+func LockSnapshotName(name string) string { return "snapshot name " + name }
+
 // LockVolume is the in-process lock key of a volume ID.
 func LockVolume(id string) string { return "volume " + id }
+
+// LockSnapshot is the in-process lock key of a snapshot ID.
+func LockSnapshot(id string) string { return "snapshot " + id }

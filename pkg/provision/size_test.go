@@ -23,8 +23,11 @@ func TestChooseSize(t *testing.T) {
 		{Request{LimitBytes: 100 * mib}, 0, 100 * mib, 0},
 		{Request{Image: img}, 64 * mib, 64 * mib, 0},
 		{Request{Image: img, RequiredBytes: 1 << 30}, 64 * mib, 1 << 30, 0},
-		{Request{RequiredBytes: 2*mib + 1, LimitBytes: 2*mib + 100}, 0, 0, OutOfRange},
-		{Request{LimitBytes: mib - 1}, 0, 0, OutOfRange},
+		{Request{RequiredBytes: 2*mib + 1, LimitBytes: 2*mib + 100}, 0, 2*mib + 1, 0}, // no whole MiB: exact
+		{Request{RequiredBytes: 2 * mib, LimitBytes: 2*mib + 100}, 0, 2 * mib, 0},
+		{Request{LimitBytes: mib - 1}, 0, mib - 1, 0},
+		{Request{Image: img, LimitBytes: 64*mib + 5}, 64*mib + 3, 64*mib + 3, 0},
+		{Request{Image: img, LimitBytes: 64 * mib}, 64*mib + 3, 0, OutOfRange},
 		{Request{Image: img, RequiredBytes: 16 * mib}, 64 * mib, 0, OutOfRange},
 	} {
 		got, err := chooseSize(tc.req, tc.imageSize)

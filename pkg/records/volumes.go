@@ -17,14 +17,35 @@ const (
 	reservationPrefix = "basalt.name."
 )
 
+// Kind tells what a reservation names: CSI volume names and snapshot names
+// are separate namespaces.
+type Kind string
+
+// Reservation kinds.
+const (
+	KindVolume   Kind = ""
+	KindSnapshot Kind = "snapshot"
+)
+
+// pendingOID lists the names of kind whose create has not finished.
+func pendingOID(k Kind) string {
+	if k == KindSnapshot {
+		return "basalt.pending-snapshots"
+	}
+	return pendingIndexOID
+}
+
 // Reservation states.
 const (
 	StateCreating = "creating"
 	StateReady    = "ready"
 )
 
-// Reservation binds a CreateVolume request name to one volume for good.
+// Reservation binds a CreateVolume (or CreateSnapshot) request name to one
+// volume (snapshot) for good. For snapshots, VolumeID holds the snapshot ID
+// and Source the source volume ID.
 type Reservation struct {
+	Kind      Kind              `json:"kind,omitempty"`
 	Name      string            `json:"name"`
 	UUID      string            `json:"uuid"`
 	State     string            `json:"state"`
@@ -32,6 +53,7 @@ type Reservation struct {
 	Params    map[string]string `json:"params,omitempty"`
 	Backend   string            `json:"backend,omitempty"`
 	VolumeID  string            `json:"volumeID,omitempty"`
+	Source    string            `json:"source,omitempty"`
 	Created   time.Time         `json:"created"`
 	Updated   time.Time         `json:"updated"`
 
@@ -60,8 +82,11 @@ func NewRegistry(s Store) *Registry { return &Registry{Store: s, now: time.Now} 
 
 // reservationOID hashes the name: CSI names may be up to 128 arbitrary bytes,
 // RADOS object names should stay short and printable.
-func reservationOID(name string) string {
+func reservationOID(k Kind, name string) string {
 	sum := sha256.Sum256([]byte(name))
+	if k == KindSnapshot {
+		return "basalt.snapname." + hex.EncodeToString(sum[:20])
+	}
 	return reservationPrefix + hex.EncodeToString(sum[:20])
 }
 
@@ -76,10 +101,10 @@ func (g *Registry) Reserve(ctx context.Context, r Reservation) (Reservation, boo
 	}
 	// Listed as pending first, so a crash right after the create below still
 	// leaves a trace that Recover finds.
-	if err := g.Store.IndexSet(ctx, pendingIndexOID, map[string][]byte{r.Name: []byte(r.UUID)}); err != nil {
+	if err := g.Store.IndexSet(ctx, pendingOID(r.Kind), map[string][]byte{r.Name: []byte(r.UUID)}); err != nil {
 		return Reservation{}, false, fmt.Errorf("reserving name %q: %w", r.Name, err)
 	}
-	ver, err := g.Store.Create(ctx, reservationOID(r.Name), data)
+	ver, err := g.Store.Create(ctx, reservationOID(r.Kind, r.Name), data)
 	if err == nil {
 		r.version = ver
 		return r, true, nil
@@ -87,17 +112,17 @@ func (g *Registry) Reserve(ctx context.Context, r Reservation) (Reservation, boo
 	if !errors.Is(err, ErrExists) {
 		return Reservation{}, false, fmt.Errorf("reserving name %q: %w", r.Name, err)
 	}
-	existing, err := g.Reservation(ctx, r.Name)
+	existing, err := g.Reservation(ctx, r.Kind, r.Name)
 	if err == nil && existing.State == StateReady {
 		// The pending mark set above belongs to no unfinished create.
-		err = g.Store.IndexRemove(ctx, pendingIndexOID, r.Name)
+		err = g.Store.IndexRemove(ctx, pendingOID(r.Kind), r.Name)
 	}
 	return existing, false, err
 }
 
 // Reservation loads the reservation of name.
-func (g *Registry) Reservation(ctx context.Context, name string) (Reservation, error) {
-	data, ver, err := g.Store.Get(ctx, reservationOID(name))
+func (g *Registry) Reservation(ctx context.Context, k Kind, name string) (Reservation, error) {
+	data, ver, err := g.Store.Get(ctx, reservationOID(k, name))
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -119,22 +144,22 @@ func (g *Registry) Save(ctx context.Context, r *Reservation) error {
 	if err != nil {
 		return err
 	}
-	ver, err := g.Store.Update(ctx, reservationOID(r.Name), r.version, data)
+	ver, err := g.Store.Update(ctx, reservationOID(r.Kind, r.Name), r.version, data)
 	if err != nil {
 		return fmt.Errorf("updating reservation of %q: %w", r.Name, err)
 	}
 	r.version = ver
 	if r.State == StateReady {
-		return g.Store.IndexRemove(ctx, pendingIndexOID, r.Name)
+		return g.Store.IndexRemove(ctx, pendingOID(r.Kind), r.Name)
 	}
 	return nil
 }
 
 // Release deletes the reservation of name, if it still belongs to uuid.
-func (g *Registry) Release(ctx context.Context, name, uuid string) error {
-	r, err := g.Reservation(ctx, name)
+func (g *Registry) Release(ctx context.Context, k Kind, name, uuid string) error {
+	r, err := g.Reservation(ctx, k, name)
 	if errors.Is(err, ErrNotFound) {
-		return g.Store.IndexRemove(ctx, pendingIndexOID, name)
+		return g.Store.IndexRemove(ctx, pendingOID(k), name)
 	}
 	if err != nil {
 		return err
@@ -142,15 +167,15 @@ func (g *Registry) Release(ctx context.Context, name, uuid string) error {
 	if r.UUID != uuid {
 		return nil
 	}
-	if err := g.Store.Delete(ctx, reservationOID(name)); err != nil {
+	if err := g.Store.Delete(ctx, reservationOID(k, name)); err != nil {
 		return err
 	}
-	return g.Store.IndexRemove(ctx, pendingIndexOID, name)
+	return g.Store.IndexRemove(ctx, pendingOID(k), name)
 }
 
 // Pending lists the names whose create has not finished (up to max).
-func (g *Registry) Pending(ctx context.Context, max int) ([]string, error) {
-	kvs, err := g.Store.IndexList(ctx, pendingIndexOID, "", "", max)
+func (g *Registry) Pending(ctx context.Context, k Kind, max int) ([]string, error) {
+	kvs, err := g.Store.IndexList(ctx, pendingOID(k), "", "", max)
 	if err != nil {
 		return nil, err
 	}
@@ -162,8 +187,8 @@ func (g *Registry) Pending(ctx context.Context, max int) ([]string, error) {
 }
 
 // Forget drops name from the pending list (its create finished or was undone).
-func (g *Registry) Forget(ctx context.Context, name string) error {
-	return g.Store.IndexRemove(ctx, pendingIndexOID, name)
+func (g *Registry) Forget(ctx context.Context, k Kind, name string) error {
+	return g.Store.IndexRemove(ctx, pendingOID(k), name)
 }
 
 // IndexVolume adds (or refreshes) a volume in the index.

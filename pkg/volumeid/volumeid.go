@@ -91,3 +91,63 @@ func isHex(s string, n int) bool {
 	}
 	return true
 }
+
+// Snapshot IDs name the volume's cluster, pool and UUID, then the snapshot's
+// own UUID; the RBD snapshot lives on the volume's image:
+//
+//	bss1.<fsid: 32 hex>.<pool id>.<volume uuid: 32 hex>.<snapshot uuid: 32 hex>   (at most 124 bytes)
+//
+// Every snapshot of a volume shares the prefix up to the snapshot UUID, so
+// listing a volume's snapshots is a prefix scan of an index sorted by ID.
+const snapPrefix = "bss1"
+
+// SnapPrefix starts the RBD name of every snapshot Basalt takes for a CSI
+// snapshot; ClonePrefix the temporary snapshot behind a volume-to-volume clone.
+const (
+	SnapPrefix  = "basalt-snap-"
+	ClonePrefix = "basalt-clone-"
+)
+
+// DeletedPrefix names the image of a deleted volume whose snapshots still
+// exist: it is removed when the last of them goes (see provision.Delete).
+const DeletedPrefix = "basalt-deleted-"
+
+// SnapshotID identifies one snapshot of one volume.
+type SnapshotID struct {
+	Volume ID
+	UUID   string // 32 lowercase hex digits
+}
+
+// String encodes the ID.
+func (s SnapshotID) String() string {
+	return fmt.Sprintf("%s.%s.%d.%s.%s", snapPrefix, s.Volume.FSID, s.Volume.PoolID, s.Volume.UUID, s.UUID)
+}
+
+// SnapName is the RBD snapshot's name on the volume's image.
+func (s SnapshotID) SnapName() string { return SnapPrefix + s.UUID }
+
+// SnapshotPrefixOf is the common prefix of the IDs of volume v's snapshots.
+func SnapshotPrefixOf(v ID) string {
+	return fmt.Sprintf("%s.%s.%d.%s.", snapPrefix, v.FSID, v.PoolID, v.UUID)
+}
+
+// DeletedImageName is the name v's image gets when v is deleted while
+// snapshots of it remain.
+func (id ID) DeletedImageName() string { return DeletedPrefix + id.UUID }
+
+// ParseSnapshot decodes s, returning ErrNotBasalt (wrapped) for anything malformed.
+func ParseSnapshot(s string) (SnapshotID, error) {
+	head, snap, ok := strings.Cut(s, ".")
+	if !ok || head != snapPrefix {
+		return SnapshotID{}, fmt.Errorf("%w: %q is not a snapshot ID", ErrNotBasalt, s)
+	}
+	i := strings.LastIndexByte(snap, '.')
+	if i < 0 || !isHex(snap[i+1:], 32) {
+		return SnapshotID{}, fmt.Errorf("%w: bad snapshot uuid in %q", ErrNotBasalt, s)
+	}
+	v, err := Parse(prefix + "." + snap[:i])
+	if err != nil {
+		return SnapshotID{}, fmt.Errorf("%w: bad volume part in snapshot ID %q", ErrNotBasalt, s)
+	}
+	return SnapshotID{Volume: v, UUID: snap[i+1:]}, nil
+}

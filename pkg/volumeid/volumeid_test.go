@@ -66,3 +66,28 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestSnapshotIDRoundTrip(t *testing.T) {
+	v := ID{FSID: strings.Repeat("ab", 16), PoolID: 12345, UUID: strings.Repeat("0f", 16)}
+	s := SnapshotID{Volume: v, UUID: strings.Repeat("9c", 16)}
+	enc := s.String()
+	if len(enc) > 128 {
+		t.Fatalf("snapshot ID is %d bytes, over CSI's 128", len(enc))
+	}
+	got, err := ParseSnapshot(enc)
+	if err != nil || got != s {
+		t.Fatalf("ParseSnapshot(%q) = %+v, %v", enc, got, err)
+	}
+	if !strings.HasPrefix(enc, SnapshotPrefixOf(v)) {
+		t.Fatalf("%q does not start with its volume's prefix %q", enc, SnapshotPrefixOf(v))
+	}
+	for _, bad := range []string{"", "bss1", "bss1.", v.String(), enc + "0", strings.Replace(enc, "bss1", "bsl1", 1),
+		enc[:len(enc)-33], "bss1..0.." + strings.Repeat("0", 32), strings.ToUpper(enc)} {
+		if _, err := ParseSnapshot(bad); !errors.Is(err, ErrNotBasalt) {
+			t.Errorf("ParseSnapshot(%q) = %v, want ErrNotBasalt", bad, err)
+		}
+	}
+	if _, err := Parse(enc); err == nil {
+		t.Errorf("a snapshot ID parsed as a volume ID")
+	}
+}

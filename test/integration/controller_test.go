@@ -430,15 +430,15 @@ func TestRecoverUndoesInterruptedCreate(t *testing.T) {
 	if imgs := c1.images(t, "volumes"); len(imgs) != 0 {
 		t.Fatalf("clone of the interrupted create left: %v", imgs)
 	}
-	if _, err := reg.Reservation(ctx, "pvc-crashed"); !errors.Is(err, records.ErrNotFound) {
+	if _, err := reg.Reservation(ctx, records.KindVolume, "pvc-crashed"); !errors.Is(err, records.ErrNotFound) {
 		t.Fatalf("reservation left: %v", err)
 	}
-	if p, _ := reg.Pending(ctx, 10); len(p) != 0 {
+	if p, _ := reg.Pending(ctx, records.KindVolume, 10); len(p) != 0 {
 		t.Fatalf("pending left: %v", p)
 	}
 	v := create(t, d, "pvc-crashed", gib, nil, nil)
 	del(t, d, v.GetVolumeId())
-	if p, _ := reg.Pending(ctx, 10); len(p) != 0 {
+	if p, _ := reg.Pending(ctx, records.KindVolume, 10); len(p) != 0 {
 		t.Fatalf("a finished create is still pending: %v", p)
 	}
 }

@@ -1,0 +1,179 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"maps"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/flow"
+	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
+)
+
+// origin is what a new volume starts from: a golden image, a CSI snapshot or
+// a CSI volume. The scheduler treats all three alike: backends in a cluster
+// that holds the origin clone it (and are preferred), others copy it.
+type origin struct {
+	spec     *backend.ImageSpec         // the RBD snapshot to clone or copy (nil: blank)
+	clusters map[string]bool            // fsids holding it
+	sources  map[string]backend.Cluster // a connection per such cluster
+	size     uint64
+	label    string // "pool/image@snap", "snapshot <id>" or "volume <id>"
+	// volume is set for a clone of a volume: the clone goes through a
+	// temporary snapshot of it, named after the new volume's UUID.
+	volume *volumeSource
+	// chained: a restore or a clone may deepen a clone chain past
+	// maxCloneDepth; golden-image clones are depth 1 and never do.
+	chained bool
+}
+
+type volumeSource struct {
+	cl    backend.Cluster
+	image string
+}
+
+// sourceParam records the content source among the parameters that define
+// a volume, so that the same name with another source is AlreadyExists.
+const sourceParam = "basalt.dev/content-source"
+
+func withSource(params map[string]string, cs ContentSource) map[string]string {
+	out := maps.Clone(params)
+	if out == nil {
+		out = map[string]string{}
+	}
+	out[sourceParam] = cs.String()
+	return out
+}
+
+// locate finds the backend of a volume: NotFound (with what) for an ID no
+// backend serves, Unavailable when its backend is down.
+func (p *Provisioner) locate(id volumeid.ID, what string) (string, backend.Cluster, error) {
+	name, cl, err := p.Backends.Locate(id.FSID, id.PoolID)
+	switch {
+	case errors.Is(err, backend.ErrNotFound):
+		return "", nil, errorf(NotFound, nil, "%s does not exist: no configured backend serves its cluster and pool", what)
+	case err != nil:
+		return name, nil, errorf(Unavailable, err, "cannot reach the backend of %s", what)
+	}
+	return name, cl, nil
+}
+
+// resolveSource finds a CSI snapshot or volume to start a volume from.
+func (p *Provisioner) resolveSource(ctx context.Context, reg *records.Registry, cs ContentSource) (origin, error) {
+	if cs.SnapshotID != "" {
+		return p.snapshotOrigin(ctx, reg, cs.SnapshotID)
+	}
+	id, bname, cl, err := p.Lookup(cs.VolumeID)
+	if err != nil {
+		return origin{}, err
+	}
+	info, err := cl.StatImage(ctx, id.ImageName())
+	if errors.Is(err, backend.ErrNotFound) {
+		return origin{}, errorf(NotFound, nil, "source volume %s does not exist", cs.VolumeID)
+	}
+	if err != nil {
+		return origin{}, classify(err, "inspecting source volume "+cs.VolumeID)
+	}
+	_, bcfg, _ := p.Backends.Get(bname)
+	return origin{
+		spec:     &backend.ImageSpec{Pool: bcfg.Pool, Image: id.ImageName()},
+		clusters: map[string]bool{cl.ClusterID(): true},
+		sources:  map[string]backend.Cluster{cl.ClusterID(): cl},
+		size:     info.SizeBytes,
+		label:    cs.String(),
+		volume:   &volumeSource{cl: cl, image: id.ImageName()},
+		chained:  true,
+	}, nil
+}
+
+func (p *Provisioner) snapshotOrigin(ctx context.Context, reg *records.Registry, snapshotID string) (origin, error) {
+	sid, err := volumeid.ParseSnapshot(snapshotID)
+	if err != nil {
+		return origin{}, errorf(NotFound, err, "snapshot %q does not exist", snapshotID)
+	}
+	entry, err := reg.Snapshot(ctx, snapshotID)
+	if errors.Is(err, records.ErrNotFound) {
+		return origin{}, errorf(NotFound, nil, "snapshot %s does not exist", snapshotID)
+	}
+	if err != nil {
+		return origin{}, classify(err, "reading the snapshot index")
+	}
+	bname, cl, err := p.locate(sid.Volume, "the volume of snapshot "+snapshotID)
+	if err != nil {
+		return origin{}, err
+	}
+	image, err := snapshotImage(ctx, cl, sid.Volume)
+	if err != nil {
+		return origin{}, classify(err, "finding the image of snapshot "+snapshotID)
+	}
+	_, bcfg, _ := p.Backends.Get(bname)
+	return origin{
+		spec:     &backend.ImageSpec{Pool: bcfg.Pool, Image: image, Snap: sid.SnapName()},
+		clusters: map[string]bool{cl.ClusterID(): true},
+		sources:  map[string]backend.Cluster{cl.ClusterID(): cl},
+		size:     entry.SizeBytes,
+		label:    "snapshot " + snapshotID,
+		chained:  true,
+	}, nil
+}
+
+// snapshotImage is the image holding a volume's snapshots: the volume's own,
+// or its renamed image once the volume was deleted.
+func snapshotImage(ctx context.Context, cl backend.Cluster, v volumeid.ID) (string, error) {
+	_, err := cl.StatImage(ctx, v.ImageName())
+	if errors.Is(err, backend.ErrNotFound) {
+		return v.DeletedImageName(), nil
+	}
+	return v.ImageName(), err
+}
+
+// around wraps the step that clones or copies the origin: a volume origin
+// is snapshotted first and the temporary snapshot dropped right after (with
+// format-2 clones it then waits in Ceph's snapshot trash for the clone).
+func (o origin) around(makeImage flow.Step, spec backend.ImageSpec) []flow.Step {
+	if o.volume == nil {
+		return []flow.Step{makeImage}
+	}
+	v := o.volume
+	drop := func(ctx context.Context) error { return v.cl.RemoveSnapshot(ctx, v.image, spec.Snap) }
+	return []flow.Step{
+		{
+			Name: "snapshot the source volume",
+			Do: func(ctx context.Context) error {
+				_, err := v.cl.CreateSnapshot(ctx, v.image, spec.Snap, 0)
+				return err
+			},
+			Undo: drop,
+		},
+		makeImage,
+		{Name: "drop the temporary snapshot", Do: drop},
+	}
+}
+
+// flattenStep queues the new volume for a background flatten when its clone
+// chain is deeper than maxCloneDepth (Cinder's rbd_max_clone_depth). The
+// create does not wait for the flatten.
+func (p *Provisioner) flattenStep(reg *records.Registry, cl backend.Cluster, o origin, bname, image, volumeID string) flow.Step {
+	return flow.Step{
+		Name: "check the clone depth",
+		Do: func(ctx context.Context) error {
+			if !o.chained {
+				return nil
+			}
+			depth, err := cl.CloneDepth(ctx, image)
+			if err != nil {
+				return err
+			}
+			if limit := p.Backends.Config().MaxCloneDepth; depth > limit {
+				p.Log.Info("clone chain deeper than maxCloneDepth: flattening in the background", "volume", volumeID, "depth", depth, "maxCloneDepth", limit)
+				if err := reg.QueueFlatten(ctx, volumeID, bname); err != nil {
+					return err
+				}
+				p.kickFlattener()
+			}
+			return nil
+		},
+		Undo: func(ctx context.Context) error { return reg.FlattenDone(ctx, volumeID) },
+	}
+}

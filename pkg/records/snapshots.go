@@ -1,0 +1,115 @@
+package records
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Object names of the snapshot records and of the deferred work they cause.
+const (
+	snapshotIndexOID = "basalt.snapshots" // snapshot ID -> SnapshotEntry
+	// deletedIndexOID lists deleted volumes whose image waits for its
+	// snapshots (and their clones) to go: volume ID -> backend name.
+	deletedIndexOID = "basalt.deleted"
+	// flattenIndexOID lists volumes whose clone chain is too deep and which
+	// the background flattener must detach from their parent.
+	flattenIndexOID = "basalt.flatten"
+)
+
+// SnapshotEntry is one snapshot in the index that ListSnapshots pages through.
+type SnapshotEntry struct {
+	SnapshotID     string    `json:"snapshotID"`
+	Name           string    `json:"name"`
+	SourceVolumeID string    `json:"sourceVolumeID"`
+	Backend        string    `json:"backend"`
+	SizeBytes      uint64    `json:"sizeBytes"`
+	Created        time.Time `json:"created"`
+}
+
+// IndexSnapshot adds a snapshot to the index.
+func (g *Registry) IndexSnapshot(ctx context.Context, e SnapshotEntry) error {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return g.Store.IndexSet(ctx, snapshotIndexOID, map[string][]byte{e.SnapshotID: data})
+}
+
+// UnindexSnapshot removes a snapshot from the index.
+func (g *Registry) UnindexSnapshot(ctx context.Context, snapshotID string) error {
+	return g.Store.IndexRemove(ctx, snapshotIndexOID, snapshotID)
+}
+
+// Snapshot returns the index entry of snapshotID, or ErrNotFound.
+func (g *Registry) Snapshot(ctx context.Context, snapshotID string) (SnapshotEntry, error) {
+	kv, err := g.Store.IndexGet(ctx, snapshotIndexOID, snapshotID)
+	if err != nil {
+		return SnapshotEntry{}, err
+	}
+	data, ok := kv[snapshotID]
+	if !ok {
+		return SnapshotEntry{}, ErrNotFound
+	}
+	var e SnapshotEntry
+	if err := json.Unmarshal(data, &e); err != nil {
+		return SnapshotEntry{}, fmt.Errorf("index entry of snapshot %s is corrupt: %w", snapshotID, err)
+	}
+	return e, nil
+}
+
+// Snapshots returns up to max entries whose ID starts with prefix, after
+// startAfter, and the token of the next page ("" at the end). One omap read
+// of the page's size: a volume's snapshots share an ID prefix.
+func (g *Registry) Snapshots(ctx context.Context, prefix, startAfter string, max int) ([]SnapshotEntry, string, error) {
+	kvs, err := g.Store.IndexList(ctx, snapshotIndexOID, startAfter, prefix, max+1)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(kvs) > max {
+		kvs = kvs[:max]
+		next = kvs[max-1].Key
+	}
+	out := make([]SnapshotEntry, 0, len(kvs))
+	for _, kv := range kvs {
+		var e SnapshotEntry
+		if err := json.Unmarshal(kv.Value, &e); err != nil {
+			return nil, "", fmt.Errorf("index entry of snapshot %s is corrupt: %w", kv.Key, err)
+		}
+		out = append(out, e)
+	}
+	return out, next, nil
+}
+
+// MarkDeleted records that volumeID was deleted while snapshots of it
+// remain, so its image (renamed) is removed once they are gone.
+func (g *Registry) MarkDeleted(ctx context.Context, volumeID, backendName string) error {
+	return g.Store.IndexSet(ctx, deletedIndexOID, map[string][]byte{volumeID: []byte(backendName)})
+}
+
+// UnmarkDeleted drops volumeID from the deleted list (its image is gone).
+func (g *Registry) UnmarkDeleted(ctx context.Context, volumeID string) error {
+	return g.Store.IndexRemove(ctx, deletedIndexOID, volumeID)
+}
+
+// Deleted lists up to max deleted volumes whose images wait for removal.
+func (g *Registry) Deleted(ctx context.Context, max int) ([]KV, error) {
+	return g.Store.IndexList(ctx, deletedIndexOID, "", "", max)
+}
+
+// QueueFlatten asks the background flattener to flatten volumeID.
+func (g *Registry) QueueFlatten(ctx context.Context, volumeID, backendName string) error {
+	return g.Store.IndexSet(ctx, flattenIndexOID, map[string][]byte{volumeID: []byte(backendName)})
+}
+
+// FlattenDone removes volumeID from the flatten queue.
+func (g *Registry) FlattenDone(ctx context.Context, volumeID string) error {
+	return g.Store.IndexRemove(ctx, flattenIndexOID, volumeID)
+}
+
+// FlattenQueue lists up to max volumes waiting to be flattened.
+func (g *Registry) FlattenQueue(ctx context.Context, max int) ([]KV, error) {
+	return g.Store.IndexList(ctx, flattenIndexOID, "", "", max)
+}

@@ -1,0 +1,258 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+
+	"github.com/basalt-csi/basalt/pkg/records"
+)
+
+// digest reads a whole image (or image@snap) and hashes it.
+func (c *cluster) digest(t *testing.T, spec string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "rbd", "-c", c.Conf, "export", "--no-progress", spec, "-").Output()
+	if err != nil {
+		t.Fatalf("rbd export %s: %v", spec, err)
+	}
+	sum := sha256.Sum256(out)
+	return hex.EncodeToString(sum[:8])
+}
+
+// scribble overwrites the start of an image with fresh data.
+func (c *cluster) scribble(t *testing.T, spec string) {
+	t.Helper()
+	c.rbd(t, "bench", "--io-type", "write", "--io-size", "64K", "--io-total", "1M", "--io-pattern", "rand", spec)
+}
+
+func snapshot(t *testing.T, d *testDriver, name, volumeID string) *csi.Snapshot {
+	t.Helper()
+	resp, err := d.ctrl.CreateSnapshot(tctx(t), &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: volumeID})
+	if err != nil {
+		t.Fatalf("CreateSnapshot(%s): %v", name, err)
+	}
+	if !resp.GetSnapshot().GetReadyToUse() {
+		t.Fatalf("snapshot %s not ready to use", name)
+	}
+	return resp.GetSnapshot()
+}
+
+func createFrom(ctx context.Context, d *testDriver, name string, src *csi.VolumeContentSource, params map[string]string) (*csi.Volume, error) {
+	resp, err := d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{
+		Name: name, VolumeCapabilities: mountCap(), Parameters: params, VolumeContentSource: src,
+	})
+	return resp.GetVolume(), err
+}
+
+func fromSnapshot(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
+}
+
+func fromVolume(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
+}
+
+func delSnap(t *testing.T, d *testDriver, id string) {
+	t.Helper()
+	if _, err := d.ctrl.DeleteSnapshot(tctx(t), &csi.DeleteSnapshotRequest{SnapshotId: id}); err != nil {
+		t.Fatalf("DeleteSnapshot(%s): %v", id, err)
+	}
+}
+
+// leftovers lists what Basalt left in c's pool: images (live or set aside),
+// RBD trash entries and snapshot records.
+func leftovers(t *testing.T, d *testDriver, c *cluster, pool string) []string {
+	t.Helper()
+	out := c.images(t, pool)
+	if trash := strings.TrimSpace(c.rbd(t, "trash", "ls", pool)); trash != "" {
+		out = append(out, "trash: "+trash)
+	}
+	reg := registry(t, d)
+	ctx := tctx(t)
+	if snaps, _, err := reg.Snapshots(ctx, "", "", 100); err != nil || len(snaps) > 0 {
+		out = append(out, "snapshot index entries")
+	}
+	for _, list := range []func(context.Context, int) ([]records.KV, error){reg.Deleted, reg.FlattenQueue} {
+		if kvs, err := list(ctx, 100); err != nil || len(kvs) > 0 {
+			out = append(out, "deferred-work entries")
+		}
+	}
+	if p, err := reg.Pending(ctx, records.KindSnapshot, 10); err != nil || len(p) > 0 {
+		out = append(out, "pending snapshots")
+	}
+	return out
+}
+
+// The whole data-management story on real Ceph: snapshot, restore (old
+// data), clone (new data), source deleted while its snapshot lives, snapshot
+// deleted while restores live, a restore into the other cluster (copy), and
+// nothing left once everything is deleted.
+func TestSnapshotRestoreCloneLifecycles(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	ctx := tctx(t)
+	pin := map[string]string{"image": golden, "backend": "a-std"}
+	src := create(t, d, "snap-src", 0, pin, nil)
+	srcImg := "volumes/" + imageOf(t, src)
+	old := c1.digest(t, srcImg)
+
+	snap := snapshot(t, d, "snap-1", src.GetVolumeId())
+	if again := snapshot(t, d, "snap-1", src.GetVolumeId()); again.GetSnapshotId() != snap.GetSnapshotId() {
+		t.Fatalf("CreateSnapshot is not idempotent: %s then %s", snap.GetSnapshotId(), again.GetSnapshotId())
+	}
+	if snap.GetSizeBytes() != src.GetCapacityBytes() {
+		t.Errorf("snapshot size %d, volume %d", snap.GetSizeBytes(), src.GetCapacityBytes())
+	}
+	other := create(t, d, "snap-other", 0, pin, nil)
+	_, err := d.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-1", SourceVolumeId: other.GetVolumeId()})
+	wantCode(t, err, codes.AlreadyExists)
+	del(t, d, other.GetVolumeId())
+
+	c1.scribble(t, srcImg)
+	changed := c1.digest(t, srcImg)
+	if changed == old {
+		t.Fatal("writing to the source did not change it")
+	}
+
+	restored, err := createFrom(ctx, d, "restored-1", fromSnapshot(snap.GetSnapshotId()), pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c1.digest(t, "volumes/"+imageOf(t, restored)); got != old {
+		t.Errorf("restore reads %s, want the snapshot's %s", got, old)
+	}
+	clone, err := createFrom(ctx, d, "clone-1", fromVolume(src.GetVolumeId()), pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c1.digest(t, "volumes/"+imageOf(t, clone)); got != changed {
+		t.Errorf("clone reads %s, want the source's current %s", got, changed)
+	}
+	// Same name, other source: AlreadyExists; unknown source: NotFound; smaller: OutOfRange.
+	_, err = createFrom(ctx, d, "clone-1", fromSnapshot(snap.GetSnapshotId()), pin)
+	wantCode(t, err, codes.AlreadyExists)
+	_, err = createFrom(ctx, d, "restore-missing", fromSnapshot(strings.Replace(snap.GetSnapshotId(), snap.GetSnapshotId()[len(snap.GetSnapshotId())-4:], "0000", 1)), pin)
+	wantCode(t, err, codes.NotFound)
+	_, err = d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "restore-small", VolumeCapabilities: mountCap(),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}, VolumeContentSource: fromSnapshot(snap.GetSnapshotId())})
+	wantCode(t, err, codes.OutOfRange)
+
+	// Independent lifecycles: delete the source, restore again (and into the
+	// other cluster, which copies), delete the snapshot, read the restores.
+	del(t, d, src.GetVolumeId())
+	restored2, err := createFrom(ctx, d, "restored-2", fromSnapshot(snap.GetSnapshotId()), pin)
+	if err != nil {
+		t.Fatalf("restore after the source was deleted: %v", err)
+	}
+	copied, err := createFrom(ctx, d, "restored-b", fromSnapshot(snap.GetSnapshotId()), map[string]string{"backend": "b-std"})
+	if err != nil {
+		t.Fatalf("restore into the other cluster: %v", err)
+	}
+	if got := c2.digest(t, "volumes/"+imageOf(t, copied)); got != old {
+		t.Errorf("copied restore reads %s, want %s", got, old)
+	}
+	list, err := d.ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SourceVolumeId: src.GetVolumeId()})
+	if err != nil || len(list.GetEntries()) != 1 {
+		t.Fatalf("ListSnapshots of the deleted source: %v %v", list, err)
+	}
+	delSnap(t, d, snap.GetSnapshotId())
+	delSnap(t, d, snap.GetSnapshotId()) // idempotent
+	for _, v := range []*csi.Volume{restored, restored2} {
+		if got := c1.digest(t, "volumes/"+imageOf(t, v)); got != old {
+			t.Errorf("restore %s reads %s after its snapshot was deleted, want %s", v.GetVolumeId(), got, old)
+		}
+	}
+	if got := c1.digest(t, "volumes/"+imageOf(t, clone)); got != changed {
+		t.Errorf("clone reads %s after its source was deleted, want %s", got, changed)
+	}
+	for _, v := range []*csi.Volume{restored, restored2, clone, copied} {
+		del(t, d, v.GetVolumeId())
+	}
+	if left := append(leftovers(t, d, c1, "volumes"), leftovers(t, d, c2, "volumes")...); len(left) > 0 {
+		t.Fatalf("left behind after deleting everything: %v", left)
+	}
+}
+
+// A chain of clones past maxCloneDepth: every volume reads right, deep ones
+// are flattened in the background, and the chain settles within the limit.
+// Many restores of one snapshot in parallel all succeed.
+func TestCloneDepthFlattensAndParallelRestores(t *testing.T) {
+	const maxDepth = 2
+	d := startDriver(t, configYAML("maxCloneDepth: 2\n"), nil)
+	flatCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go d.prov.RunFlattener(flatCtx, time.Second)
+	ctx := tctx(t)
+	pin := map[string]string{"image": golden, "backend": "a-std"}
+	vols := []*csi.Volume{create(t, d, "chain-0", 0, pin, nil)}
+	want := c1.digest(t, "volumes/"+imageOf(t, vols[0]))
+	for i := 1; i <= 5; i++ {
+		v, err := createFrom(ctx, d, "chain-"+string(rune('0'+i)), fromVolume(vols[i-1].GetVolumeId()), pin)
+		if err != nil {
+			t.Fatalf("clone %d: %v", i, err)
+		}
+		vols = append(vols, v)
+		if got := c1.digest(t, "volumes/"+imageOf(t, v)); got != want {
+			t.Fatalf("clone %d reads %s, want %s", i, got, want)
+		}
+	}
+	depth := func(v *csi.Volume) int {
+		n, img := 0, imageOf(t, v)
+		for pool := "volumes"; ; n++ {
+			i := info(t, c1, pool, img)
+			if i.Parent == nil {
+				return n
+			}
+			pool, img = i.Parent.Pool, i.Parent.Image
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, v := range vols {
+		for depth(v) > maxDepth {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still %d deep after the flattens should have settled", v.GetVolumeId(), depth(v))
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if got := c1.digest(t, "volumes/"+imageOf(t, v)); got != want {
+			t.Errorf("%s reads %s after flattening, want %s", v.GetVolumeId(), got, want)
+		}
+	}
+
+	snap := snapshot(t, d, "par-snap", vols[0].GetVolumeId())
+	const n = 12
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	restores := make([]*csi.Volume, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			restores[i], errs[i] = createFrom(ctx, d, "par-"+string(rune('a'+i)), fromSnapshot(snap.GetSnapshotId()), pin)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("parallel restore %d: %v", i, err)
+		}
+	}
+	delSnap(t, d, snap.GetSnapshotId())
+	for _, v := range append(restores, vols...) {
+		if v != nil {
+			del(t, d, v.GetVolumeId())
+		}
+	}
+	if left := leftovers(t, d, c1, "volumes"); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
