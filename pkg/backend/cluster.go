@@ -7,10 +7,10 @@ package backend
 
 import (
 	"context"
-	"time"
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/basalt-csi/basalt/pkg/records"
 )

@@ -69,7 +69,7 @@ const (
 )
 
 var (
-	topKeys     = keySet("backends", "registryBackend", "scheduleAttempts", "cephTimeoutSeconds", "statsIntervalSeconds",
+	topKeys = keySet("backends", "registryBackend", "scheduleAttempts", "cephTimeoutSeconds", "statsIntervalSeconds",
 		"maxSnapshotsPerImage", "maxCloneDepth", "flattenConcurrency", "flattenTimeoutSeconds")
 	backendKeys = keySet("name", "cephConf", "user", "keyring", "pool", "zone", "reservedPercentage", "maxOverSubscriptionRatio", "capabilities")
 	required    = []string{"name", "cephConf", "user", "keyring", "pool", "zone"}
