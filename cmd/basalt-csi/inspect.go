@@ -17,15 +17,18 @@ import (
 )
 
 // inspect implements the operator subcommands, which read the same records
-// in Ceph as the driver: `attachments` and `nodes`.
+// in Ceph as the driver: `attachments`, `nodes` and `snapshots`.
 func inspect(cmd string, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("basalt-csi "+cmd, flag.ContinueOnError)
 	cfgPath := fs.String("config", "/etc/basalt/config.yaml", "backend configuration (YAML)")
 	format := fs.String("o", "table", "output: table or json")
 	var volume, nodeID string
-	if cmd == "attachments" {
+	switch cmd {
+	case "attachments":
 		fs.StringVar(&volume, "volume", "", "only this volume ID")
 		fs.StringVar(&nodeID, "node", "", "only this node ID")
+	case "snapshots":
+		fs.StringVar(&volume, "volume", "", "only the snapshots of this volume ID")
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,6 +66,10 @@ func inspect(cmd string, args []string, out io.Writer) error {
 				n.Registered.Format(time.RFC3339), time.Since(n.LastSeen).Round(time.Second))
 		}
 		return tw.Flush()
+	}
+
+	if cmd == "snapshots" {
+		return listSnapshots(ctx, reg, volume, *format, out)
 	}
 
 	var atts []records.AttachmentRecord
@@ -111,4 +118,37 @@ func writeJSON(out io.Writer, v any) error {
 	enc := json.NewEncoder(out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// listSnapshots prints the snapshot index, all of it or one volume's.
+func listSnapshots(ctx context.Context, reg *records.Registry, volume, format string, out io.Writer) error {
+	prefix := ""
+	if volume != "" {
+		id, err := volumeid.Parse(volume)
+		if err != nil {
+			return err
+		}
+		prefix = volumeid.SnapshotPrefixOf(id)
+	}
+	snaps := []records.SnapshotEntry{}
+	for after := ""; ; {
+		page, next, err := reg.Snapshots(ctx, prefix, after, 1000)
+		if err != nil {
+			return err
+		}
+		snaps = append(snaps, page...)
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if format == "json" {
+		return writeJSON(out, snaps)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SNAPSHOT\tNAME\tSOURCE VOLUME\tBACKEND\tSIZE\tCREATED")
+	for _, e := range snaps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.SnapshotID, e.Name, e.SourceVolumeID, e.Backend, e.SizeBytes, e.Created.Format(time.RFC3339))
+	}
+	return tw.Flush()
 }

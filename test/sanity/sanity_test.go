@@ -55,7 +55,8 @@ func TestSanitySuite(t *testing.T) {
 	cfg.TargetPath = filepath.Join(work, "target")
 	cfg.StagingPath = filepath.Join(work, "staging")
 	cfg.TestVolumeAccessType = os.Getenv("BASALT_SANITY_ACCESS")
-	cfg.TestVolumeSize = 256 << 20
+	cfg.TestVolumeSize, _ = strconv.ParseInt(os.Getenv("BASALT_SANITY_SIZE"), 10, 64)
+	cfg.TestSnapshotParameters = map[string]string{"purpose": "sanity"}
 	cfg.IdempotentCount = 3
 	cfg.TestNodeVolumeAttachLimit = true
 	if img := os.Getenv("BASALT_SANITY_IMAGE"); img != "" {
@@ -176,9 +177,14 @@ func TestSanity(t *testing.T) {
 		}
 	}
 
-	for _, tc := range []struct{ name, access, image string }{
-		{"mount, cloned from a golden image", "mount", "images/golden@v1"},
-		{"block, blank volumes", "block", ""},
+	// The block run uses a size that is no whole number of MiB: a range
+	// that holds no whole MiB gets an exact size.
+	for _, tc := range []struct {
+		name, access, image string
+		size                int64
+	}{
+		{"mount, cloned from a golden image", "mount", "images/golden@v1", 256 << 20},
+		{"block, blank volumes", "block", "", 3<<20 + 4096},
 	} {
 		t.Run(tc.access, func(t *testing.T) {
 			dir := t.TempDir()
@@ -191,6 +197,7 @@ func TestSanity(t *testing.T) {
 				"BASALT_SANITY_WORKDIR="+dir,
 				"BASALT_SANITY_ACCESS="+tc.access,
 				"BASALT_SANITY_IMAGE="+tc.image,
+				"BASALT_SANITY_SIZE="+strconv.FormatInt(tc.size, 10),
 				"BASALT_SANITY_FSID="+env["CEPH_FSID"],
 				"BASALT_SANITY_POOL_ID="+strconv.FormatInt(poolID, 10),
 			)
