@@ -3,7 +3,10 @@
 # local Ceph cluster and basalt-csi --mode=all (fuse mapper):
 #   plugin-info, probe, capabilities, create from a golden image, list,
 #   capacity, controller publish, node stage, node publish, stats,
-#   node unpublish, node unstage, controller unpublish, delete.
+#   node unpublish, node unstage, snapshot, list snapshots, restore the
+#   snapshot into a new volume and read it on the node, delete the source
+#   while its snapshot exists, delete the snapshot, controller unpublish,
+#   delete, and nothing left in the pool.
 # Every step prints what it shows; the script fails on the first wrong answer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -101,13 +104,46 @@ if grep -q " $STAGE \| $TARGET \| $OUT/state" /proc/self/mountinfo; then fail "m
 if losetup --list --noheadings --output BACK-FILE | grep -q "$OUT/state"; then fail "loop device left"; fi
 echo "(no mount, FUSE mount or loop device left)"
 
-step "controller unpublish, delete"
+step "snapshot the volume (it holds mine.txt), list snapshots"
+show csc controller create-snapshot --source-volume "$VOL" walkthrough-snap | tee "$OUT/out"
+SNAP=$(head -1 "$OUT/out" | cut -f1 | tr -d '"')
+[[ $SNAP == bss1.* ]] || fail "no snapshot id"
+show csc controller list-snapshots --source-volume-id "$VOL" | tee "$OUT/out"
+grep -q "$SNAP" "$OUT/out" || fail "snapshot not listed"
+show bin/basalt-csi snapshots --config "$OUT/config.yaml"
+
+step "restore the snapshot into a new volume and read mine.txt from it"
+show csc controller create-volume --cap "$CAP" --source-snapshot "$SNAP" walkthrough-restored | tee "$OUT/out"
+RVOL=$(head -1 "$OUT/out" | cut -f1 | tr -d '"')
+[[ $RVOL == bsl1.* ]] || fail "no restored volume id"
+show csc controller publish --node-id "$NODE" --cap "$CAP" "$RVOL" | tee "$OUT/out"
+RCTX=$(head -1 "$OUT/out" | cut -f2- | tr '\t' ',' | tr -d '"' | sed 's/,$//')
+RSTAGE=$OUT/rstaging RTARGET=$OUT/rtarget
+mkdir -p "$RSTAGE"
+show csc node stage --staging-target-path "$RSTAGE" --cap "$CAP" --pub-context "$RCTX" "$RVOL"
+show csc node publish --staging-target-path "$RSTAGE" --target-path "$RTARGET" --cap "$CAP" --pub-context "$RCTX" "$RVOL"
+show cat "$RTARGET/mine.txt" | tee "$OUT/out"
+grep -q "written through csc" "$OUT/out" || fail "the restored volume does not hold the snapshot's data"
+show csc node unpublish --target-path "$RTARGET" "$RVOL"
+show csc node unstage --staging-target-path "$RSTAGE" "$RVOL"
+show csc controller unpublish --node-id "$NODE" "$RVOL"
+
+step "delete the source volume while its snapshot exists, then the snapshot"
 show csc controller unpublish --node-id "$NODE" "$VOL"
 show csc controller delete-volume "$VOL"
 show csc controller list-volumes | tee "$OUT/out"
 if grep -q "$VOL" "$OUT/out"; then fail "volume still listed"; fi
+show csc controller list-snapshots --snapshot-id "$SNAP" | tee "$OUT/out"
+grep -q "$SNAP" "$OUT/out" || fail "the snapshot went with its volume"
+show csc controller delete-snapshot "$SNAP"
+show csc controller list-snapshots | tee "$OUT/out"
+if grep -q "$SNAP" "$OUT/out"; then fail "snapshot still listed"; fi
+
+step "delete the restored volume: nothing is left"
+show csc controller delete-volume "$RVOL"
 if rbd -c "$CEPH_CONF" ls volumes | grep -q basalt-; then fail "image left"; fi
-echo "(no image left in the pool)"
+if [ -n "$(rbd -c "$CEPH_CONF" trash ls volumes)" ]; then fail "trash entry left"; fi
+echo "(no image, snapshot or trash entry left in the pool)"
 
 echo
 echo "walkthrough: every step succeeded"
