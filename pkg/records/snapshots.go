@@ -3,7 +3,6 @@ package records
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"time"
 )
 
@@ -44,43 +43,14 @@ func (g *Registry) UnindexSnapshot(ctx context.Context, snapshotID string) error
 
 // Snapshot returns the index entry of snapshotID, or ErrNotFound.
 func (g *Registry) Snapshot(ctx context.Context, snapshotID string) (SnapshotEntry, error) {
-	kv, err := g.Store.IndexGet(ctx, snapshotIndexOID, snapshotID)
-	if err != nil {
-		return SnapshotEntry{}, err
-	}
-	data, ok := kv[snapshotID]
-	if !ok {
-		return SnapshotEntry{}, ErrNotFound
-	}
-	var e SnapshotEntry
-	if err := json.Unmarshal(data, &e); err != nil {
-		return SnapshotEntry{}, fmt.Errorf("index entry of snapshot %s is corrupt: %w", snapshotID, err)
-	}
-	return e, nil
+	return indexEntry[SnapshotEntry](ctx, g.Store, snapshotIndexOID, snapshotID)
 }
 
 // Snapshots returns up to max entries whose ID starts with prefix, after
 // startAfter, and the token of the next page ("" at the end). One omap read
 // of the page's size: a volume's snapshots share an ID prefix.
 func (g *Registry) Snapshots(ctx context.Context, prefix, startAfter string, max int) ([]SnapshotEntry, string, error) {
-	kvs, err := g.Store.IndexList(ctx, snapshotIndexOID, startAfter, prefix, max+1)
-	if err != nil {
-		return nil, "", err
-	}
-	next := ""
-	if len(kvs) > max {
-		kvs = kvs[:max]
-		next = kvs[max-1].Key
-	}
-	out := make([]SnapshotEntry, 0, len(kvs))
-	for _, kv := range kvs {
-		var e SnapshotEntry
-		if err := json.Unmarshal(kv.Value, &e); err != nil {
-			return nil, "", fmt.Errorf("index entry of snapshot %s is corrupt: %w", kv.Key, err)
-		}
-		out = append(out, e)
-	}
-	return out, next, nil
+	return indexPage[SnapshotEntry](ctx, g.Store, snapshotIndexOID, prefix, startAfter, max)
 }
 
 // MarkDeleted records that volumeID was deleted while snapshots of it

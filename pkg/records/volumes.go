@@ -207,26 +207,38 @@ func (g *Registry) UnindexVolume(ctx context.Context, volumeID string) error {
 
 // Volume returns the index entry of volumeID, or ErrNotFound.
 func (g *Registry) Volume(ctx context.Context, volumeID string) (VolumeEntry, error) {
-	kv, err := g.Store.IndexGet(ctx, volumeIndexOID, volumeID)
-	if err != nil {
-		return VolumeEntry{}, err
-	}
-	data, ok := kv[volumeID]
-	if !ok {
-		return VolumeEntry{}, ErrNotFound
-	}
-	var e VolumeEntry
-	if err := json.Unmarshal(data, &e); err != nil {
-		return VolumeEntry{}, fmt.Errorf("index entry of %s is corrupt: %w", volumeID, err)
-	}
-	return e, nil
+	return indexEntry[VolumeEntry](ctx, g.Store, volumeIndexOID, volumeID)
 }
 
 // Volumes returns up to max index entries after startAfter, and the token for
 // the next page ("" at the end). Its cost is proportional to max.
 func (g *Registry) Volumes(ctx context.Context, startAfter string, max int) ([]VolumeEntry, string, error) {
-	// Ask for one more than needed to know whether another page exists.
-	kvs, err := g.Store.IndexList(ctx, volumeIndexOID, startAfter, "", max+1)
+	return indexPage[VolumeEntry](ctx, g.Store, volumeIndexOID, "", startAfter, max)
+}
+
+// indexEntry decodes the JSON value of key in the omap index oid, or ErrNotFound.
+func indexEntry[T any](ctx context.Context, s Store, oid, key string) (T, error) {
+	var e T
+	kv, err := s.IndexGet(ctx, oid, key)
+	if err != nil {
+		return e, err
+	}
+	data, ok := kv[key]
+	if !ok {
+		return e, ErrNotFound
+	}
+	if err := json.Unmarshal(data, &e); err != nil {
+		return e, fmt.Errorf("index entry of %s in %s is corrupt: %w", key, oid, err)
+	}
+	return e, nil
+}
+
+// indexPage decodes up to max entries of the omap index oid whose keys start
+// with prefix, after startAfter, and returns the token of the next page (""
+// at the end): one omap read of max+1 keys, the extra one telling whether
+// another page exists.
+func indexPage[T any](ctx context.Context, s Store, oid, prefix, startAfter string, max int) ([]T, string, error) {
+	kvs, err := s.IndexList(ctx, oid, startAfter, prefix, max+1)
 	if err != nil {
 		return nil, "", err
 	}
@@ -235,11 +247,11 @@ func (g *Registry) Volumes(ctx context.Context, startAfter string, max int) ([]V
 		kvs = kvs[:max]
 		next = kvs[max-1].Key
 	}
-	out := make([]VolumeEntry, 0, len(kvs))
+	out := make([]T, 0, len(kvs))
 	for _, kv := range kvs {
-		var e VolumeEntry
+		var e T
 		if err := json.Unmarshal(kv.Value, &e); err != nil {
-			return nil, "", fmt.Errorf("index entry of %s is corrupt: %w", kv.Key, err)
+			return nil, "", fmt.Errorf("index entry of %s in %s is corrupt: %w", kv.Key, oid, err)
 		}
 		out = append(out, e)
 	}
