@@ -117,6 +117,9 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	}
 	if deferred {
 		log.Info("volume deleted; its image is kept for its snapshots and removed with the last of them", "backend", bname, "image", id.DeletedImageName())
+		// A snapshot deleted between the failed removal and the rename
+		// may have been its last one.
+		p.reapDeleted(ctx, reg, cl, bname, id.DeletedImageName())
 		return nil
 	}
 	// Its parent may be a deleted volume's image that only it still needed.

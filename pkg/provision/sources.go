@@ -29,8 +29,8 @@ type origin struct {
 }
 
 type volumeSource struct {
-	cl    backend.Cluster
-	image string
+	cl backend.Cluster
+	id volumeid.ID
 }
 
 // sourceParam records the content source among the parameters that define
@@ -82,7 +82,7 @@ func (p *Provisioner) resolveSource(ctx context.Context, reg *records.Registry, 
 		sources:  map[string]backend.Cluster{cl.ClusterID(): cl},
 		size:     info.SizeBytes,
 		label:    cs.String(),
-		volume:   &volumeSource{cl: cl, image: id.ImageName()},
+		volume:   &volumeSource{cl: cl, id: id},
 		chained:  true,
 	}, nil
 }
@@ -136,12 +136,21 @@ func (o origin) around(makeImage flow.Step, spec backend.ImageSpec) []flow.Step 
 		return []flow.Step{makeImage}
 	}
 	v := o.volume
-	drop := func(ctx context.Context) error { return v.cl.RemoveSnapshot(ctx, v.image, spec.Snap) }
+	// The source may be deleted meanwhile (its image then renamed, since
+	// this snapshot keeps it): drop the snapshot under either name.
+	drop := func(ctx context.Context) error {
+		for _, image := range []string{v.id.ImageName(), v.id.DeletedImageName()} {
+			if err := v.cl.RemoveSnapshot(ctx, image, spec.Snap); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	return []flow.Step{
 		{
 			Name: "snapshot the source volume",
 			Do: func(ctx context.Context) error {
-				_, err := v.cl.CreateSnapshot(ctx, v.image, spec.Snap, 0)
+				_, err := v.cl.CreateSnapshot(ctx, v.id.ImageName(), spec.Snap, 0)
 				return err
 			},
 			Undo: drop,
