@@ -251,8 +251,10 @@ func (p *Provisioner) discardPartial(ctx context.Context, reg *records.Registry,
 	// A clone of a volume may have left its temporary snapshot on the source.
 	if src, ok := strings.CutPrefix(res.Params[sourceParam], "volume "); ok {
 		if sid, _, scl, err := p.Lookup(src); err == nil {
-			if err := scl.RemoveSnapshot(ctx, sid.ImageName(), volumeid.ClonePrefix+res.UUID); err != nil {
-				return classify(err, "removing the temporary snapshot of an interrupted clone")
+			for _, image := range []string{sid.ImageName(), sid.DeletedImageName()} {
+				if err := scl.RemoveSnapshot(ctx, image, volumeid.ClonePrefix+res.UUID); err != nil {
+					return classify(err, "removing the temporary snapshot of an interrupted clone")
+				}
 			}
 		}
 	}
