@@ -246,8 +246,7 @@ func TestInvalidRequests(t *testing.T) {
 		{&csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: mountCap(), Parameters: map[string]string{"backend": "nope"}}, codes.InvalidArgument, []string{"nope"}},
 		{&csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: mountCap(), Parameters: map[string]string{"image": "images/missing@v1"}}, codes.NotFound, []string{"images/missing@v1"}},
 		{&csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: mountCap(), CapacityRange: &csi.CapacityRange{RequiredBytes: 3 << 20, LimitBytes: 2 << 20}}, codes.OutOfRange, nil},
-		{&csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: mountCap(), CapacityRange: &csi.CapacityRange{RequiredBytes: 2<<20 + 1, LimitBytes: 2<<20 + 100}}, codes.OutOfRange, []string{"MiB"}},
-		{&csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: mountCap(), Parameters: map[string]string{"image": golden}, CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}}, codes.OutOfRange, []string{"smaller than image"}},
+		{&csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: mountCap(), Parameters: map[string]string{"image": golden}, CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}}, codes.OutOfRange, []string{"smaller than its source image"}},
 		{&csi.CreateVolumeRequest{Name: "x", VolumeCapabilities: []*csi.VolumeCapability{{
 			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER}}}}, codes.InvalidArgument, []string{"block"}},
@@ -256,6 +255,16 @@ func TestInvalidRequests(t *testing.T) {
 		_, err := d.ctrl.CreateVolume(ctx, tc.req)
 		wantCode(t, err, tc.code, tc.mentions...)
 	}
+	// A range that holds no whole MiB is served with the exact size asked for.
+	exact, err := d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "exact", VolumeCapabilities: mountCap(), Parameters: map[string]string{"backend": "a-std"},
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 2<<20 + 1, LimitBytes: 2<<20 + 100}})
+	if err != nil || exact.GetVolume().GetCapacityBytes() != 2<<20+1 {
+		t.Fatalf("range without a whole MiB: %v, %v", exact, err)
+	}
+	if got := info(t, c1, "volumes", imageOf(t, exact.GetVolume())).Size; got != 2<<20+1 {
+		t.Errorf("image size %d, want %d", got, 2<<20+1)
+	}
+	del(t, d, exact.GetVolume().GetVolumeId())
 	// IDs: malformed and well-formed-but-unknown.
 	unknown, _ := volumeid.New(c1.FSID, 1)
 	for _, id := range []string{"garbage", unknown.String(), "bsl1.00000000000000000000000000000000.1." + strings.Repeat("a", 32)} {
@@ -267,7 +276,7 @@ func TestInvalidRequests(t *testing.T) {
 			t.Errorf("DeleteVolume(%q) = %v, want success", id, err)
 		}
 	}
-	_, err := d.ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: "nonsense"})
+	_, err = d.ctrl.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: "nonsense"})
 	wantCode(t, err, codes.Aborted)
 	// A protected-snapshot requirement: an unprotected snapshot is refused.
 	c1.rbd(t, "snap", "create", "images/golden@raw")
