@@ -57,11 +57,11 @@ type ImageInfo struct {
 	Metadata  map[string]string
 }
 
-// Usage tells whether an image may be removed.
+// Usage tells whether an image may be removed. Clones of its snapshots do
+// not prevent it: the image is then set aside (see provision.Delete).
 type Usage struct {
-	Children []string // pool/image of clones of its snapshots
-	Watchers int      // clients with the image open (mapped)
-	Parent   string   // the parent image, if a clone of one in the same pool
+	Watchers int    // clients with the image open (mapped)
+	Parent   string // the parent image, if a clone of one in the same pool
 }
 
 // Cluster is everything Basalt does on one backend: its Ceph cluster and pool.

@@ -201,25 +201,6 @@ func (c *Conn) StatImage(ctx context.Context, name string) (backend.ImageInfo, e
 func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
 	var u backend.Usage
 	err := c.withImage(ctx, "checking users of", name, true, func(img *rbd.Image) error {
-		snaps, err := img.GetSnapshotNames()
-		if err != nil {
-			return err
-		}
-		for _, s := range snaps {
-			if err := img.SetSnapshot(s.Name); err != nil {
-				return err
-			}
-			pools, images, err := img.ListChildren()
-			if err != nil {
-				return err
-			}
-			for i := range images {
-				u.Children = append(u.Children, pools[i]+"/"+images[i])
-			}
-		}
-		if err := img.SetSnapshot(rbd.NoSnapshot); err != nil {
-			return err
-		}
 		w, err := img.ListWatchers()
 		if err != nil {
 			return err
