@@ -26,10 +26,17 @@ var (
 	ErrSnapshotLimit = errors.New("snapshot limit reached")
 )
 
-// ImageSpec names a golden image's snapshot: pool/name@snap.
-type ImageSpec struct{ Pool, Image, Snap string }
+// ImageSpec names a golden image's snapshot: pool/name@snap. For the member
+// snapshot of a group snapshot, GroupSnap is "group@snap" instead of Snap
+// (it has no name of its own: it is found by its group namespace).
+type ImageSpec struct{ Pool, Image, Snap, GroupSnap string }
 
-func (s ImageSpec) String() string { return s.Pool + "/" + s.Image + "@" + s.Snap }
+func (s ImageSpec) String() string {
+	if s.GroupSnap != "" {
+		return s.Pool + "/" + s.Image + " in group snapshot " + s.GroupSnap
+	}
+	return s.Pool + "/" + s.Image + "@" + s.Snap
+}
 
 // ParseImageSpec parses pool/name@snap; every part is required, because only
 // a protected snapshot can be cloned and an image head changes under us.
@@ -103,6 +110,12 @@ type Cluster interface {
 	// CloneDepth is the number of parents above image (0 = not a clone).
 	CloneDepth(ctx context.Context, image string) (int, error)
 	// Flatten copies the parent's data into image and detaches it.
+	// GroupSnapshot takes one RBD group snapshot group@snap of images (in the
+	// backend pool) and returns each image's size in it; idempotent.
+	GroupSnapshot(ctx context.Context, group string, images []string, snap string) (map[string]uint64, error)
+	// RemoveGroupSnapshot removes group@snap, its members' snapshots and the
+	// group; absent is success.
+	RemoveGroupSnapshot(ctx context.Context, group, snap string) error
 	// Flatten copies the parent's data into image and detaches it; it may
 	// run up to timeout (longer than the Ceph timeout: it copies data).
 	Flatten(ctx context.Context, image string, timeout time.Duration) error

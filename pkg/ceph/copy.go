@@ -3,6 +3,7 @@ package ceph
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
@@ -52,10 +53,23 @@ func (c *Conn) CopyFrom(ctx context.Context, from backend.Cluster, spec backend.
 func (c *Conn) copyImage(ctx context.Context, ss *scope, sioctx *rados.IOContext, spec backend.ImageSpec, ds *scope, dst string) error {
 	simg, err := call(ctx, ss, "opening "+spec.String(), func() (*rbd.Image, error) {
 		img, err := rbd.OpenImageReadOnly(sioctx, spec.Image, spec.Snap)
-		if err == nil {
-			ss.onFree(func() { _ = img.Close() })
+		if err != nil {
+			return nil, err
 		}
-		return img, err
+		ss.onFree(func() { _ = img.Close() })
+		if spec.GroupSnap == "" {
+			return img, nil
+		}
+		// A group snapshot's member has no user-visible name: find its ID.
+		group, snap, _ := strings.Cut(spec.GroupSnap, "@")
+		id, _, err := findGroupSnap(img, group, snap)
+		if err == nil && id == nil {
+			err = fmt.Errorf("%w: no member snapshot of %s", backend.ErrNotFound, spec)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return img, img.SetSnapByID(*id)
 	})
 	if err != nil {
 		return translate(err)

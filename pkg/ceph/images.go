@@ -86,6 +86,9 @@ func (c *Conn) SnapshotSize(ctx context.Context, spec backend.ImageSpec) (uint64
 
 // Clone implements backend.Cluster.
 func (c *Conn) Clone(ctx context.Context, spec backend.ImageSpec, dst string) error {
+	if spec.Snap == "" { // librbd aborts the process on an empty snapshot name
+		return fmt.Errorf("cannot clone %s: only a named snapshot can be cloned", spec)
+	}
 	return c.inPool(ctx, spec.Pool, func(s *scope, src *rados.IOContext) error {
 		return translate(do(ctx, s, fmt.Sprintf("cloning %s to %s/%s", spec, c.pool, dst), func() error {
 			opts := imageOptions(true)

@@ -60,6 +60,9 @@ func NewGRPCServer(log *slog.Logger, ids csi.IdentityServer, cs csi.ControllerSe
 	csi.RegisterIdentityServer(srv, ids)
 	if cs != nil {
 		csi.RegisterControllerServer(srv, cs)
+		if c, ok := cs.(*Controller); ok {
+			csi.RegisterGroupControllerServer(srv, c.Group())
+		}
 	}
 	if ns != nil {
 		csi.RegisterNodeServer(srv, ns)

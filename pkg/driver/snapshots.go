@@ -80,11 +80,12 @@ func identityOf(params map[string]string) map[string]string {
 
 func csiSnapshot(e records.SnapshotEntry) *csi.Snapshot {
 	return &csi.Snapshot{
-		SnapshotId:     e.SnapshotID,
-		SourceVolumeId: e.SourceVolumeID,
-		SizeBytes:      int64(e.SizeBytes),
-		CreationTime:   timestamppb.New(e.Created),
-		ReadyToUse:     true, // an RBD snapshot is complete when it exists
+		SnapshotId:      e.SnapshotID,
+		SourceVolumeId:  e.SourceVolumeID,
+		SizeBytes:       int64(e.SizeBytes),
+		CreationTime:    timestamppb.New(e.Created),
+		ReadyToUse:      true, // an RBD snapshot is complete when it exists
+		GroupSnapshotId: e.GroupSnapshotID,
 	}
 }
 

@@ -338,7 +338,7 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 			spec.Snap = volumeid.ClonePrefix + res.UUID
 		}
 		meta[MetaSource] = o.label
-		if local {
+		if local && spec.Snap != "" { // a group snapshot's member has no name to clone
 			method = "clone"
 			meta[MetaSourceFSID] = cl.ClusterID()
 		} else {

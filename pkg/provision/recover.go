@@ -3,6 +3,7 @@ package provision
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/records"
@@ -20,7 +21,7 @@ func (p *Provisioner) Recover(ctx context.Context, grace time.Duration) (undone 
 	if err != nil {
 		return 0, err
 	}
-	for _, kind := range []records.Kind{records.KindVolume, records.KindSnapshot} {
+	for _, kind := range []records.Kind{records.KindVolume, records.KindSnapshot, records.KindGroup} {
 		names, err := reg.Pending(ctx, kind, 1000)
 		if err != nil {
 			return undone, classify(err, "listing pending creates")
@@ -60,11 +61,15 @@ func (p *Provisioner) recoverOne(ctx context.Context, reg *records.Registry, kin
 		return false, nil
 	}
 	p.Log.Warn("undoing an interrupted create", "name", name, "kind", kind, "uuid", res.UUID, "backend", res.Backend, "since", res.Updated)
-	if kind == records.KindSnapshot {
-		if err := p.discardSnapshot(ctx, reg, res); err != nil {
-			return false, err
-		}
-	} else if err := p.discardPartial(ctx, reg, &res); err != nil {
+	switch kind {
+	case records.KindSnapshot:
+		err = p.discardSnapshot(ctx, reg, res)
+	case records.KindGroup:
+		err = p.discardGroup(ctx, reg, res)
+	default:
+		err = p.discardPartial(ctx, reg, &res)
+	}
+	if err != nil {
 		return false, err
 	}
 	return true, reg.Release(ctx, kind, name, res.UUID)
@@ -90,12 +95,44 @@ func (p *Provisioner) discardSnapshot(ctx context.Context, reg *records.Registry
 	return classify(reg.UnindexSnapshot(ctx, sid.String()), "unindexing an interrupted snapshot")
 }
 
+// discardGroup removes what an interrupted CreateVolumeGroupSnapshot may
+// have left: the RBD group and its snapshot, and the index entries.
+func (p *Provisioner) discardGroup(ctx context.Context, reg *records.Registry, res records.Reservation) error {
+	vols := strings.Split(res.Source, ",")
+	first, _, cl, err := p.Lookup(vols[0])
+	var pe *Error
+	if errors.As(err, &pe) && pe.Kind == NotFound {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	gid := volumeid.GroupSnapshotID{FSID: first.FSID, PoolID: first.PoolID, UUID: res.UUID}
+	if err := cl.RemoveGroupSnapshot(ctx, gid.GroupName(), volumeid.GroupSnapName); err != nil {
+		return classify(err, "removing the group snapshot of an interrupted create")
+	}
+	for _, v := range vols {
+		if id, err := volumeid.Parse(v); err == nil {
+			if err := reg.UnindexSnapshot(ctx, volumeid.SnapshotID{Volume: id, UUID: res.UUID}.String()); err != nil {
+				return classify(err, "unindexing an interrupted group snapshot")
+			}
+		}
+	}
+	return classify(reg.UnindexGroup(ctx, gid.String()), "unindexing an interrupted group snapshot")
+}
+
 func lockKey(kind records.Kind, name string) string {
-	if kind == records.KindSnapshot {
+	switch kind {
+	case records.KindSnapshot:
 		return LockSnapshotName(name)
+	case records.KindGroup:
+		return LockGroupName(name)
 	}
 	return LockName(name)
 }
+
+// LockGroupName is the in-process lock key of a CreateVolumeGroupSnapshot name.
+func LockGroupName(name string) string { return "group snapshot name " + name }
 
 // LockName is the in-process lock key of a CreateVolume name.
 func LockName(name string) string { return "name " + name }

@@ -129,6 +129,9 @@ func (p *Provisioner) DeleteSnapshot(ctx context.Context, snapshotID string) err
 	if ierr != nil && !errors.Is(ierr, records.ErrNotFound) {
 		return classify(ierr, "reading the snapshot index")
 	}
+	if ierr == nil && entry.GroupSnapshotID != "" {
+		return errorf(InvalidArgument, nil, "snapshot %s is part of group snapshot %s and cannot be deleted alone; delete the group snapshot", snapshotID, entry.GroupSnapshotID)
+	}
 	for _, image := range []string{sid.Volume.ImageName(), sid.Volume.DeletedImageName()} {
 		if err := cl.RemoveSnapshot(ctx, image, sid.SnapName()); err != nil {
 			return classify(err, "removing snapshot "+snapshotID)

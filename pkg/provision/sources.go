@@ -108,6 +108,17 @@ func (p *Provisioner) snapshotOrigin(ctx context.Context, reg *records.Registry,
 		return origin{}, classify(err, "finding the image of snapshot "+snapshotID)
 	}
 	_, bcfg, _ := p.Backends.Get(bname)
+	if entry.GroupSnapshotID != "" {
+		// A group snapshot's member has only an ID, and Pacific's librbd
+		// clones by snapshot name: its restores are sparse copies.
+		gid, _ := volumeid.ParseGroupSnapshot(entry.GroupSnapshotID)
+		return origin{
+			spec:    &backend.ImageSpec{Pool: bcfg.Pool, Image: image, GroupSnap: gid.GroupName() + "@" + volumeid.GroupSnapName},
+			sources: map[string]backend.Cluster{cl.ClusterID(): cl},
+			size:    entry.SizeBytes,
+			label:   "snapshot " + snapshotID,
+		}, nil
+	}
 	return origin{
 		spec:     &backend.ImageSpec{Pool: bcfg.Pool, Image: image, Snap: sid.SnapName()},
 		clusters: map[string]bool{cl.ClusterID(): true},

@@ -15,7 +15,38 @@ const (
 	// flattenIndexOID lists volumes whose clone chain is too deep and which
 	// the background flattener must detach from their parent.
 	flattenIndexOID = "basalt.flatten"
+	// groupIndexOID: group snapshot ID -> GroupEntry.
+	groupIndexOID = "basalt.groupsnapshots"
 )
+
+// GroupEntry is one volume group snapshot; its members are in the snapshot
+// index too.
+type GroupEntry struct {
+	GroupSnapshotID string    `json:"groupSnapshotID"`
+	Name            string    `json:"name"`
+	Backend         string    `json:"backend"`
+	SnapshotIDs     []string  `json:"snapshotIDs"`
+	Created         time.Time `json:"created"`
+}
+
+// IndexGroup adds a group snapshot to the index.
+func (g *Registry) IndexGroup(ctx context.Context, e GroupEntry) error {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return g.Store.IndexSet(ctx, groupIndexOID, map[string][]byte{e.GroupSnapshotID: data})
+}
+
+// UnindexGroup removes a group snapshot from the index.
+func (g *Registry) UnindexGroup(ctx context.Context, id string) error {
+	return g.Store.IndexRemove(ctx, groupIndexOID, id)
+}
+
+// Group returns the index entry of a group snapshot, or ErrNotFound.
+func (g *Registry) Group(ctx context.Context, id string) (GroupEntry, error) {
+	return indexEntry[GroupEntry](ctx, g.Store, groupIndexOID, id)
+}
 
 // SnapshotEntry is one snapshot in the index that ListSnapshots pages through.
 type SnapshotEntry struct {
@@ -25,6 +56,8 @@ type SnapshotEntry struct {
 	Backend        string    `json:"backend"`
 	SizeBytes      uint64    `json:"sizeBytes"`
 	Created        time.Time `json:"created"`
+	// GroupSnapshotID is set for the members of a volume group snapshot.
+	GroupSnapshotID string `json:"groupSnapshotID,omitempty"`
 }
 
 // IndexSnapshot adds a snapshot to the index.

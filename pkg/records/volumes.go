@@ -25,12 +25,16 @@ type Kind string
 const (
 	KindVolume   Kind = ""
 	KindSnapshot Kind = "snapshot"
+	KindGroup    Kind = "group-snapshot"
 )
 
 // pendingOID lists the names of kind whose create has not finished.
 func pendingOID(k Kind) string {
-	if k == KindSnapshot {
+	switch k {
+	case KindSnapshot:
 		return "basalt.pending-snapshots"
+	case KindGroup:
+		return "basalt.pending-groups"
 	}
 	return pendingIndexOID
 }
@@ -84,8 +88,11 @@ func NewRegistry(s Store) *Registry { return &Registry{Store: s, now: time.Now} 
 // RADOS object names should stay short and printable.
 func reservationOID(k Kind, name string) string {
 	sum := sha256.Sum256([]byte(name))
-	if k == KindSnapshot {
+	switch k {
+	case KindSnapshot:
 		return "basalt.snapname." + hex.EncodeToString(sum[:20])
+	case KindGroup:
+		return "basalt.groupname." + hex.EncodeToString(sum[:20])
 	}
 	return reservationPrefix + hex.EncodeToString(sum[:20])
 }

@@ -151,3 +151,42 @@ func ParseSnapshot(s string) (SnapshotID, error) {
 	}
 	return SnapshotID{Volume: v, UUID: snap[i+1:]}, nil
 }
+
+// Group snapshot IDs name the cluster and pool of the RBD group that holds
+// the group snapshot, and its UUID:
+//
+//	bsg1.<fsid: 32 hex>.<pool id>.<uuid: 32 hex>   RBD group basalt-group-<uuid>, snapshot "snap"
+//
+// Each member snapshot is an ordinary snapshot ID whose snapshot UUID is the
+// group's: SnapshotID{Volume: member, UUID: group UUID}.
+const groupPrefix = "bsg1"
+
+// GroupSnapName is the name of the one snapshot of a Basalt RBD group.
+const GroupSnapName = "snap"
+
+// GroupSnapshotID identifies one volume group snapshot.
+type GroupSnapshotID struct {
+	FSID   string
+	PoolID int64
+	UUID   string
+}
+
+func (g GroupSnapshotID) String() string {
+	return fmt.Sprintf("%s.%s.%d.%s", groupPrefix, g.FSID, g.PoolID, g.UUID)
+}
+
+// GroupName is the RBD group holding the group snapshot.
+func (g GroupSnapshotID) GroupName() string { return "basalt-group-" + g.UUID }
+
+// ParseGroupSnapshot decodes s, returning ErrNotBasalt (wrapped) for anything malformed.
+func ParseGroupSnapshot(s string) (GroupSnapshotID, error) {
+	head, rest, ok := strings.Cut(s, ".")
+	if !ok || head != groupPrefix {
+		return GroupSnapshotID{}, fmt.Errorf("%w: %q is not a group snapshot ID", ErrNotBasalt, s)
+	}
+	id, err := Parse(prefix + "." + rest)
+	if err != nil {
+		return GroupSnapshotID{}, fmt.Errorf("%w: bad group snapshot ID %q", ErrNotBasalt, s)
+	}
+	return GroupSnapshotID(id), nil
+}

@@ -91,3 +91,17 @@ func TestSnapshotIDRoundTrip(t *testing.T) {
 		t.Errorf("a snapshot ID parsed as a volume ID")
 	}
 }
+
+func TestGroupSnapshotIDRoundTrip(t *testing.T) {
+	g := GroupSnapshotID{FSID: strings.Repeat("ab", 16), PoolID: 3, UUID: strings.Repeat("12", 16)}
+	got, err := ParseGroupSnapshot(g.String())
+	if err != nil || got != g {
+		t.Fatalf("ParseGroupSnapshot(%q) = %+v, %v", g.String(), got, err)
+	}
+	vol := ID(g)
+	for _, bad := range []string{"", "bsg1", vol.String(), SnapshotID{Volume: vol, UUID: g.UUID}.String(), g.String() + "0"} {
+		if _, err := ParseGroupSnapshot(bad); !errors.Is(err, ErrNotBasalt) {
+			t.Errorf("ParseGroupSnapshot(%q) = %v, want ErrNotBasalt", bad, err)
+		}
+	}
+}

@@ -110,6 +110,7 @@ func configYAML(extra ...string) string {
 
 // testDriver is a controller served in-process on a unix socket.
 type testDriver struct {
+	conn *grpc.ClientConn
 	ctrl csi.ControllerClient
 	ids  csi.IdentityClient
 	mgr  *backend.Manager
@@ -160,7 +161,7 @@ func startDriver(t *testing.T, yaml string, wrap wrapFn) *testDriver {
 		cancel()
 		mgr.Close()
 	})
-	return &testDriver{ctrl: csi.NewControllerClient(conn), ids: csi.NewIdentityClient(conn), mgr: mgr, prov: prov}
+	return &testDriver{conn: conn, ctrl: csi.NewControllerClient(conn), ids: csi.NewIdentityClient(conn), mgr: mgr, prov: prov}
 }
 
 // testWriter sends driver logs to the test log (shown with -v or on failure).

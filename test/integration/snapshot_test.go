@@ -146,6 +146,33 @@ func TestSnapshotRestoreCloneLifecycles(t *testing.T) {
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}, VolumeContentSource: fromSnapshot(snap.GetSnapshotId())})
 	wantCode(t, err, codes.OutOfRange)
 
+	// A source with snapshots (and a trashed clone snapshot) that a client
+	// still has open is in use: refused, not set aside under its feet.
+	watch := exec.Command("rbd", "-c", c1.Conf, "watch", srcImg)
+	stdin, err := watch.StdinPipe() // rbd watch unwatches and exits on a newline
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(c1.rbd(t, "status", srcImg), "watcher="); {
+		if time.Now().After(deadline) {
+			t.Fatal("rbd watch did not register")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_, err = d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.GetVolumeId()})
+	_, _ = stdin.Write([]byte("\n"))
+	_ = watch.Wait()
+	wantCode(t, err, codes.FailedPrecondition, "open by")
+	for deadline := time.Now().Add(90 * time.Second); strings.Contains(c1.rbd(t, "status", srcImg), "watcher="); {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher did not go")
+		}
+		time.Sleep(time.Second)
+	}
+
 	// Independent lifecycles: delete the source, restore again (and into the
 	// other cluster, which copies), delete the snapshot, read the restores.
 	del(t, d, src.GetVolumeId())
@@ -253,6 +280,93 @@ func TestCloneDepthFlattensAndParallelRestores(t *testing.T) {
 		}
 	}
 	if left := leftovers(t, d, c1, "volumes"); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
+
+// A volume group snapshot is one RBD group snapshot: each member restores
+// to its volume's content at that point, members are listed with their
+// group, cannot be deleted alone, outlive their source volumes, and go with
+// the group. Volumes of two clusters cannot be grouped.
+func TestVolumeGroupSnapshot(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	gc := csi.NewGroupControllerClient(d.conn)
+	ctx := tctx(t)
+	pin := map[string]string{"image": golden, "backend": "a-std"}
+	a, b := create(t, d, "grp-a", 0, pin, nil), create(t, d, "grp-b", 0, pin, nil)
+	imgA, imgB := "volumes/"+imageOf(t, a), "volumes/"+imageOf(t, b)
+	c1.scribble(t, imgA)
+	c1.scribble(t, imgB)
+	wantA, wantB := c1.digest(t, imgA), c1.digest(t, imgB)
+
+	req := &csi.CreateVolumeGroupSnapshotRequest{Name: "grp-1", SourceVolumeIds: []string{a.GetVolumeId(), b.GetVolumeId()}}
+	resp, err := gc.CreateVolumeGroupSnapshot(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grp := resp.GetGroupSnapshot()
+	if len(grp.GetSnapshots()) != 2 || !grp.GetReadyToUse() {
+		t.Fatalf("group snapshot: %v", grp)
+	}
+	if again, err := gc.CreateVolumeGroupSnapshot(ctx, req); err != nil || again.GetGroupSnapshot().GetGroupSnapshotId() != grp.GetGroupSnapshotId() {
+		t.Fatalf("not idempotent: %v %v", again, err)
+	}
+	other := create(t, d, "grp-other", 0, map[string]string{"backend": "b-std"}, nil)
+	_, err = gc.CreateVolumeGroupSnapshot(ctx, &csi.CreateVolumeGroupSnapshotRequest{Name: "grp-x", SourceVolumeIds: []string{a.GetVolumeId(), other.GetVolumeId()}})
+	wantCode(t, err, codes.InvalidArgument, other.GetVolumeId())
+	del(t, d, other.GetVolumeId())
+
+	c1.scribble(t, imgA)
+	c1.scribble(t, imgB)
+	want := map[string]string{a.GetVolumeId(): wantA, b.GetVolumeId(): wantB}
+	for _, s := range grp.GetSnapshots() {
+		if s.GetGroupSnapshotId() != grp.GetGroupSnapshotId() {
+			t.Errorf("member %s does not name its group", s.GetSnapshotId())
+		}
+		_, err := d.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: s.GetSnapshotId()})
+		wantCode(t, err, codes.InvalidArgument, grp.GetGroupSnapshotId())
+		l, err := d.ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: s.GetSnapshotId()})
+		if err != nil || len(l.GetEntries()) != 1 {
+			t.Fatalf("member not listed: %v %v", l, err)
+		}
+	}
+	_, err = gc.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: grp.GetGroupSnapshotId(), SnapshotIds: []string{grp.GetSnapshots()[0].GetSnapshotId()}})
+	wantCode(t, err, codes.InvalidArgument)
+
+	// The source volumes go first; the members still restore.
+	del(t, d, a.GetVolumeId())
+	del(t, d, b.GetVolumeId())
+	var restores []*csi.Volume
+	for i, s := range grp.GetSnapshots() {
+		v, err := createFrom(ctx, d, "grp-restore-"+string(rune('a'+i)), fromSnapshot(s.GetSnapshotId()), pin)
+		if err != nil {
+			t.Fatalf("restoring member %s: %v", s.GetSnapshotId(), err)
+		}
+		if got := c1.digest(t, "volumes/"+imageOf(t, v)); got != want[s.GetSourceVolumeId()] {
+			t.Errorf("member of %s restores to %s, want %s", s.GetSourceVolumeId(), got, want[s.GetSourceVolumeId()])
+		}
+		restores = append(restores, v)
+	}
+	var ids []string
+	for _, s := range grp.GetSnapshots() {
+		ids = append(ids, s.GetSnapshotId())
+	}
+	if _, err := gc.DeleteVolumeGroupSnapshot(ctx, &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: grp.GetGroupSnapshotId(), SnapshotIds: ids}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gc.DeleteVolumeGroupSnapshot(ctx, &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: grp.GetGroupSnapshotId()}); err != nil {
+		t.Fatalf("second delete: %v", err)
+	}
+	_, err = gc.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: grp.GetGroupSnapshotId()})
+	wantCode(t, err, codes.NotFound)
+	for _, v := range restores {
+		del(t, d, v.GetVolumeId())
+	}
+	left := leftovers(t, d, c1, "volumes")
+	if groups := strings.TrimSpace(c1.rbd(t, "group", "ls", "volumes")); groups != "" {
+		left = append(left, "groups: "+groups)
+	}
+	if len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
 	}
 }
