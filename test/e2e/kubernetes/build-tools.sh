@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once, cached by version) every binary the real-Kubernetes e2e test
 # needs: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
-# kubectl, etcd, csi-provisioner, csi-attacher, fakecri and registrar.
+# kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter,
+# snapshot-controller (with the snapshot CRDs), fakecri and registrar.
 #
 # Cache: ${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}/<key>/bin, where <key>
 # encodes every pinned version plus a hash of the tools module
@@ -19,8 +20,11 @@ PROV_MOD=github.com/kubernetes-csi/external-provisioner/v6
 PROV_VERSION=v6.3.0           # v6.4.0 cannot be built from this proxy
 ATT_MOD=github.com/kubernetes-csi/external-attacher/v4
 ATT_VERSION=v4.13.0
+SNAP_MOD=github.com/kubernetes-csi/external-snapshotter/v8
+SNAP_CLIENT_MOD=github.com/kubernetes-csi/external-snapshotter/client/v8
+SNAP_VERSION=v8.6.0           # csi-snapshotter, snapshot-controller and the CRDs
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
-	etcd csi-provisioner csi-attacher fakecri registrar)
+	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller fakecri registrar)
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS_DIR=$SCRIPT_DIR/tools
@@ -33,7 +37,7 @@ tools_hash() {
 		LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
 }
 
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_tools-$(tools_hash)"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_snap-${SNAP_VERSION}_tools-$(tools_hash)"
 CACHE_ROOT=${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}
 mkdir -p "$CACHE_ROOT"
 CACHE_ROOT=$(cd "$CACHE_ROOT" && pwd)
@@ -44,6 +48,7 @@ complete() {
 	for b in "${BINARIES[@]}"; do
 		[[ -x $BIN/$b ]] || return 1
 	done
+	[[ -f $BIN/crd/snapshot.storage.k8s.io_volumesnapshots.yaml ]]
 }
 
 if complete; then
@@ -112,8 +117,9 @@ build_tools_module() { # build_tools_module OUT PKG...: OUT is a file, or a dir 
 	(cd "$TOOLS_DIR" && "${BUILD[@]}" -ldflags "-s -w$(ver_flags "$K8S_VERSION")" -o "$out" "$@")
 }
 
-# build_sidecar MOD VERSION CMDPKG BINNAME: build inside a writable copy of the
-# module's source (go install refuses modules with replace directives).
+# build_sidecar MOD VERSION CMDPKG BINNAME [CLIENTDIR]: build inside a writable
+# copy of the module's source (go install refuses modules with replace
+# directives); CLIENTDIR, if given, becomes its ./client.
 build_sidecar() {
 	local mod=$1 version=$2 pkg=$3 name=$4 dir src
 	dir=$(cd "$WORK" && "$GO" mod download -json "$mod@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
@@ -121,6 +127,10 @@ build_sidecar() {
 	src=$WORK/src/$name
 	cp -R "$dir" "$src"
 	chmod -R u+w "$src"
+	if [[ -n ${5:-} ]]; then # the nested client module a replace points at
+		cp -R "$5" "$src/client"
+		chmod -R u+w "$src/client"
+	fi
 	(cd "$src" && GOFLAGS=-mod=mod "${BUILD[@]}" \
 		-ldflags "-s -w -X main.version=$version$(ver_flags "$K8S_VERSION")" \
 		-o "$WORK/bin/$name" "$pkg")
@@ -135,6 +145,21 @@ step etcd build_tools_module "$WORK/bin/etcd" go.etcd.io/etcd/server/v3
 step fakecri+registrar build_tools_module "$WORK/bin/" ./fakecri ./registrar
 step csi-provisioner build_sidecar "$PROV_MOD" "$PROV_VERSION" ./cmd/csi-provisioner csi-provisioner
 step csi-attacher build_sidecar "$ATT_MOD" "$ATT_VERSION" ./cmd/csi-attacher csi-attacher
+# external-snapshotter replaces its client module with ./client, which the
+# module zip leaves out: put the client module (same tag) there first. The
+# CRDs come from the client module too.
+snapshotter_client() {
+	local dir
+	dir=$(cd "$WORK" && "$GO" mod download -json "$SNAP_CLIENT_MOD@$SNAP_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	[[ -n $dir && -d $dir ]] || { log "cannot download $SNAP_CLIENT_MOD@$SNAP_VERSION"; return 1; }
+	mkdir -p "$WORK/bin/crd"
+	cp "$dir"/config/crd/*.yaml "$WORK/bin/crd/"
+	rm -f "$WORK/bin/crd/kustomization.yaml"
+	SNAP_CLIENT_DIR=$dir
+}
+snapshotter_client
+step csi-snapshotter build_sidecar "$SNAP_MOD" "$SNAP_VERSION" ./cmd/csi-snapshotter csi-snapshotter "$SNAP_CLIENT_DIR"
+step snapshot-controller build_sidecar "$SNAP_MOD" "$SNAP_VERSION" ./cmd/snapshot-controller snapshot-controller "$SNAP_CLIENT_DIR"
 
 for b in "${BINARIES[@]}"; do
 	[[ -x $WORK/bin/$b ]] || { log "missing $b after build"; exit 1; }
@@ -143,7 +168,7 @@ mkdir -p "$CACHE_ROOT/$KEY"
 rm -rf "$BIN"
 mv "$WORK/bin" "$BIN"
 summary=""
-for k in kubernetes etcd fakecri+registrar csi-provisioner csi-attacher; do
+for k in kubernetes etcd fakecri+registrar csi-provisioner csi-attacher csi-snapshotter snapshot-controller; do
 	summary+=" $k=${TIMES[$k]}s"
 done
 log "done in $((SECONDS - T0)) s:$summary"

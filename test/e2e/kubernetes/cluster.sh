@@ -163,6 +163,13 @@ YAML
   # CSINode (topology.rbd.basalt.dev/zone) from the node plugin on this host.
   wait_for "node $NODE Ready" 90 sh -c "'$BIN/kubectl' --kubeconfig '$E2E/admin.kubeconfig' get node $NODE -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
 
+  log "snapshot CRDs and snapshot-controller (external-snapshotter, the cluster's part)"
+  kc apply --server-side -f "$BIN/crd" >"$E2E/logs/apply-crds.log"
+  wait_for "snapshot CRDs established" 60 kc wait --for condition=established --timeout=5s \
+    crd/volumesnapshots.snapshot.storage.k8s.io crd/volumegroupsnapshots.groupsnapshot.storage.k8s.io
+  start_bg snapshot-controller "$BIN/snapshot-controller" --kubeconfig "$E2E/admin.kubeconfig" \
+    --feature-gates=CSIVolumeGroupSnapshot=true --leader-election=false --retry-interval-max=5s --v=3
+
   log "deploy/kubernetes (namespace, RBAC, CSIDriver, config) with kubectl apply -k"
   kc apply -k "$ROOT/deploy/kubernetes" >"$E2E/logs/apply.log"
   # The sidecars run on this host with the controller ServiceAccount's own
@@ -170,7 +177,7 @@ YAML
   wait_for "basalt-controller service account" 30 kc -n $NS get serviceaccount basalt-controller
   kubeconfig "$E2E/controller.kubeconfig" "$(kc -n $NS create token basalt-controller --duration 4h)"
 
-  log "basalt-csi controller, csi-provisioner, csi-attacher"
+  log "basalt-csi controller, csi-provisioner, csi-attacher, csi-snapshotter"
   cat >"$E2E/basalt.yaml" <<YAML
 backends:
   - name: a-one
@@ -198,6 +205,9 @@ YAML
     --extra-create-metadata --strict-topology --leader-election=false --timeout=120s --v=3
   start_bg csi-attacher "$BIN/csi-attacher" --kubeconfig "$E2E/controller.kubeconfig" \
     --csi-address "$E2E/controller.sock" --leader-election=false --timeout=120s --v=3
+  start_bg csi-snapshotter "$BIN/csi-snapshotter" --kubeconfig "$E2E/controller.kubeconfig" \
+    --csi-address "$E2E/controller.sock" --leader-election=false --timeout=120s \
+    --feature-gates=CSIVolumeGroupSnapshot=true --extra-create-metadata --retry-interval-max=5s --v=3
 
   log "basalt-csi node (fuse mapper), registrar"
   start_bg basalt-node "$ROOT/bin/basalt-csi" --mode=node --config "$E2E/basalt.yaml" \
@@ -216,7 +226,7 @@ YAML
 
 cmd_stop() {
   [ -d "$E2E/pids" ] || return 0
-  local order=(registrar basalt-node csi-attacher csi-provisioner basalt-controller kubelet fakecri kube-scheduler kube-controller-manager kube-apiserver etcd)
+  local order=(registrar basalt-node csi-snapshotter csi-attacher csi-provisioner basalt-controller snapshot-controller kubelet fakecri kube-scheduler kube-controller-manager kube-apiserver etcd)
   local name pid
   for name in "${order[@]}"; do
     [ -f "$E2E/pids/$name" ] || continue
