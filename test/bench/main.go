@@ -11,6 +11,9 @@
 //   - CreateVolume (clone of images/golden@v1 + resize, over gRPC) against
 //     rbd.CloneImage + open + Resize + close from this process (go-ceph);
 //   - DeleteVolume against rbd.RemoveImage;
+//   - CreateSnapshot against open + rbd_snap_create + close, and restores of
+//     one snapshot (CreateVolume from it) against a format-2 clone + resize,
+//     per concurrency level;
 //   - ControllerPublish/Unpublish (no baseline);
 //   - NodeStage+NodePublish and NodeUnpublish+NodeUnstage with the fuse
 //     mapper against the same commands run one by one (rbd-fuse, losetup,
@@ -37,7 +40,7 @@ import (
 	"time"
 )
 
-var allParts = []string{"create", "delete", "publish", "node", "memory", "scale"}
+var allParts = []string{"create", "delete", "snapshot", "publish", "node", "memory", "scale"}
 
 type options struct {
 	n       int
@@ -204,6 +207,7 @@ func run(ctx context.Context, o *options) (code int) {
 		f    func(context.Context) error
 	}{
 		{"create/delete", o.has("create") || o.has("delete"), b.createDelete},
+		{"snapshot/restore", o.has("snapshot"), b.snapshots},
 		{"publish", o.has("publish"), b.publish},
 		{"node", o.has("node") && o.nodeN > 0, b.node},
 		{"memory/scale", (o.has("memory") || o.has("scale")) && o.scaleN > 0, b.scale},

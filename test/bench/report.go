@@ -223,6 +223,24 @@ func (b *bench) targets() []target {
 		t.Met = boolp(n == 0)
 	}
 	ts = append(ts, t)
+	t = target{Name: "CreateSnapshot p50", Goal: "<= 1.5x raw rbd_snap_create"}
+	if r := b.find("CreateSnapshot", implBasalt, 1); r != nil && r.RatioP50 != nil {
+		t.Value = fmt.Sprintf("%.3fx (%s ms vs %s ms)", *r.RatioP50, fmtMs(r.P50Ms), fmtMs(b.find("CreateSnapshot", implBaseline, 1).P50Ms))
+		t.Met = boolp(*r.RatioP50 <= 1.5)
+	}
+	ts = append(ts, t)
+	t = target{Name: "Restore p50, concurrency 1", Goal: "<= 1.3x raw clone + resize"}
+	if r := b.find("Restore snapshot", implBasalt, 1); r != nil && r.RatioP50 != nil {
+		t.Value = fmt.Sprintf("%.3fx (%s ms vs %s ms)", *r.RatioP50, fmtMs(r.P50Ms), fmtMs(b.find("Restore snapshot", implBaseline, 1).P50Ms))
+		t.Met = boolp(*r.RatioP50 <= 1.3)
+	}
+	ts = append(ts, t)
+	t = target{Name: "Restore throughput, concurrency 8", Goal: ">= 0.8x raw clone + resize"}
+	if r := b.find("Restore snapshot", implBasalt, 8); r != nil && r.RatioOps != nil {
+		t.Value = fmt.Sprintf("%.3fx (%.1f vs %.1f ops/s)", *r.RatioOps, r.OpsPerSec, b.find("Restore snapshot", implBaseline, 8).OpsPerSec)
+		t.Met = boolp(*r.RatioOps >= 0.8)
+	}
+	ts = append(ts, t)
 	t = target{Name: "NodeStage+NodePublish p50", Goal: "<= 1.2x shell baseline"}
 	if r := b.find("NodeStage+NodePublish", implBasalt, 1); r != nil && r.RatioP50 != nil {
 		t.Value = fmt.Sprintf("%.3fx (%s ms vs %s ms)", *r.RatioP50, fmtMs(r.P50Ms), fmtMs(b.find("NodeStage+NodePublish", implBaseline, 1).P50Ms))
