@@ -258,10 +258,15 @@ func (p *Provisioner) discardPartial(ctx context.Context, reg *records.Registry,
 			}
 		}
 	}
-	if res.VolumeID != "" {
-		if err := reg.UnindexVolume(ctx, res.VolumeID); err != nil {
-			return classify(err, "unindexing an interrupted create")
-		}
+	// The index entry is written before the reservation names the volume,
+	// so derive its ID: a crash in between must not leave a phantom volume.
+	id, err := volumeid.New(cl.ClusterID(), cl.PoolID())
+	if err != nil {
+		return classify(err, "naming the volume of an interrupted create")
+	}
+	id.UUID = res.UUID
+	if err := reg.UnindexVolume(ctx, id.String()); err != nil {
+		return classify(err, "unindexing an interrupted create")
 	}
 	res.Backend, res.VolumeID, res.State = "", "", records.StateCreating
 	return classify(reg.Save(ctx, res), "resetting the reservation")

@@ -429,6 +429,14 @@ func TestRecoverUndoesInterruptedCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	c1.rbd(t, "clone", golden, "volumes/basalt-"+res.UUID)
+	// Crashed between "index volume" and "mark ready": the index entry
+	// exists, the reservation does not name the volume yet.
+	cl, _, _ := d.mgr.Get("a-std")
+	ghost, _ := volumeid.New(cl.ClusterID(), cl.PoolID())
+	ghost.UUID = res.UUID
+	if err := reg.IndexVolume(ctx, records.VolumeEntry{VolumeID: ghost.String(), Name: "pvc-crashed", Backend: "a-std", SizeBytes: uint64(gib)}); err != nil {
+		t.Fatal(err)
+	}
 
 	if n, err := d.prov.Recover(ctx, time.Hour); err != nil || n != 0 {
 		t.Fatalf("a young reservation was undone: %d %v", n, err)
@@ -438,6 +446,9 @@ func TestRecoverUndoesInterruptedCreate(t *testing.T) {
 	}
 	if imgs := c1.images(t, "volumes"); len(imgs) != 0 {
 		t.Fatalf("clone of the interrupted create left: %v", imgs)
+	}
+	if _, err := reg.Volume(ctx, ghost.String()); !errors.Is(err, records.ErrNotFound) {
+		t.Fatalf("index entry of the interrupted create left (a phantom volume): %v", err)
 	}
 	if _, err := reg.Reservation(ctx, records.KindVolume, "pvc-crashed"); !errors.Is(err, records.ErrNotFound) {
 		t.Fatalf("reservation left: %v", err)
