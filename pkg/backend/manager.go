@@ -281,6 +281,20 @@ func (m *Manager) Clusters() map[string]Cluster {
 	return out
 }
 
+// Down reports which backends are down (or never reached), sorted.
+func (m *Manager) Down() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var down []string
+	for name, e := range m.entries {
+		if e.cluster == nil {
+			down = append(down, name)
+		}
+	}
+	sort.Strings(down)
+	return down
+}
+
 // Up reports which backends are up, sorted.
 func (m *Manager) Up() []string {
 	m.mu.RLock()

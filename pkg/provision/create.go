@@ -287,6 +287,10 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 			if len(failures) > 0 {
 				break
 			}
+			var nc *scheduler.NoCandidateError
+			if errors.As(err, &nc) && nc.AnyDown() {
+				return Volume{}, errorf(Unavailable, nil, "%v; retry when the backend is back", err)
+			}
 			return Volume{}, errorf(ResourceExhausted, nil, "%v", err)
 		}
 		name := cand.Backend.Name
@@ -444,6 +448,9 @@ func (p *Provisioner) findImage(ctx context.Context, spec backend.ImageSpec) (ma
 			problems = append(problems, fmt.Sprintf("cluster %s: %v", fsid, err))
 		}
 	}
+	if down := p.Backends.Down(); len(found) == 0 && len(down) > 0 {
+		problems = append(problems, fmt.Sprintf("backends %v are down", down))
+	}
 	if len(found) == 0 {
 		if len(problems) > 0 {
 			return nil, 0, nil, errorf(Unavailable, nil, "image %s was not found, and some clusters could not be searched: %s", spec, strings.Join(problems, "; "))
@@ -480,6 +487,8 @@ func classify(err error, what string) error {
 		return errorf(DeadlineExceeded, err, "%s", what)
 	case errors.Is(err, backend.ErrDown):
 		return errorf(Unavailable, err, "%s", what)
+	case errors.Is(err, records.ErrConflict):
+		return errorf(Aborted, err, "%s: a concurrent change to the same record won; retry", what)
 	}
 	return errorf(Internal, err, "%s", what)
 }

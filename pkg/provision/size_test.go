@@ -2,6 +2,7 @@ package provision
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
@@ -61,5 +62,15 @@ func TestCompatible(t *testing.T) {
 		if err := compatible(res, req); !errors.As(err, &pe) || pe.Kind != AlreadyExists {
 			t.Errorf("%+v: got %v, want AlreadyExists", req, err)
 		}
+	}
+}
+
+// A compare-and-write conflict means another writer won a race: retryable
+// (Aborted), not Internal.
+func TestClassifyConflictIsAborted(t *testing.T) {
+	var pe *Error
+	err := classify(fmt.Errorf("updating: %w", records.ErrConflict), "saving the reservation")
+	if !errors.As(err, &pe) || pe.Kind != Aborted {
+		t.Fatalf("classify(conflict) = %v, want Aborted", err)
 	}
 }

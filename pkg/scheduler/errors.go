@@ -13,6 +13,18 @@ type NoCandidateError struct {
 	Rejections []Rejection
 }
 
+// AnyDown reports whether a backend that is down was rejected: the request
+// might succeed once it is back, so the answer is "unavailable, retry",
+// not "exhausted" (which makes Kubernetes reschedule the pod elsewhere).
+func (e *NoCandidateError) AnyDown() bool {
+	for _, r := range e.Rejections {
+		if r.Filter == FilterUp {
+			return true
+		}
+	}
+	return false
+}
+
 func (e *NoCandidateError) Error() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "no backend can hold a %s volume: ", humanBytes(e.Requested))

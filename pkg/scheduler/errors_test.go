@@ -15,9 +15,11 @@ func TestNoCandidateErrorMessage(t *testing.T) {
 		name     string
 		backends []Backend
 		want     string
+		anyDown  bool
 	}{
-		{"no backends", nil, "no backend can hold a 10.0 GiB volume: no backends are configured"},
-		{"all down", []Backend{down("a"), down("b")}, "no backend can hold a 10.0 GiB volume: all backends are down (a, b)"},
+		{"no backends", nil, "no backend can hold a 10.0 GiB volume: no backends are configured", false},
+		{"all down", []Backend{down("a"), down("b")}, "no backend can hold a 10.0 GiB volume: all backends are down (a, b)", true},
+		{"full, none down", []Backend{small("a")}, "no backend can hold a 10.0 GiB volume: capacity removed a (requested 10.0 GiB > virtual free 2.0 GiB (2.0 GiB at 1x over-subscription, 0 B provisioned))", false},
 		{
 			"grouped by filter, every backend named",
 			[]Backend{small("fast-a"), be("slow-c", "zone-c"), down("old-d"), small("fast-b")},
@@ -26,6 +28,7 @@ func TestNoCandidateErrorMessage(t *testing.T) {
 				"zone removed slow-c (zone zone-c not in requisite topology); " +
 				"capacity removed fast-a (requested 10.0 GiB > virtual free 2.0 GiB (2.0 GiB at 1x over-subscription, 0 B provisioned)), " +
 				"fast-b (requested 10.0 GiB > virtual free 2.0 GiB (2.0 GiB at 1x over-subscription, 0 B provisioned))",
+			true,
 		},
 	}
 	for _, tt := range tests {
@@ -37,6 +40,9 @@ func TestNoCandidateErrorMessage(t *testing.T) {
 			}
 			if got := err.Error(); got != tt.want {
 				t.Fatalf("Error() =\n  %s\nwant\n  %s", got, tt.want)
+			}
+			if nc.AnyDown() != tt.anyDown {
+				t.Errorf("AnyDown() = %v, want %v (a down backend makes the answer retryable)", nc.AnyDown(), tt.anyDown)
 			}
 		})
 	}

@@ -5,9 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/ceph"
@@ -141,5 +146,45 @@ func resume(t *testing.T, c *cluster, daemon string) {
 	t.Helper()
 	if _, err := script(context.Background(), "ceph-cluster.sh", "resume", c.Name, daemon); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Outages answer Unavailable (retry), never ResourceExhausted (which makes
+// Kubernetes reschedule the pod) or NotFound: a backend that is down might
+// be the one that could take the volume, or hold its image.
+func TestOutageCodesAreRetryable(t *testing.T) {
+	dead := filepath.Join(t.TempDir(), "dead.conf")
+	if err := os.WriteFile(dead, []byte("[global]\nmon_host = 127.0.0.1:1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDriver(t, fmt.Sprintf(`backends:
+  - name: b-std
+    cephConf: %s
+    user: admin
+    keyring: %s
+    pool: volumes
+    zone: zone-b
+  - name: dead
+    cephConf: %s
+    user: admin
+    keyring: %s
+    pool: volumes
+    zone: zone-dead
+cephTimeoutSeconds: 2
+statsIntervalSeconds: 60
+`, c2.Conf, c2.Keyring, dead, c2.Keyring), nil)
+	ctx := tctx(t)
+	if down := d.mgr.Down(); len(down) != 1 || down[0] != "dead" {
+		t.Fatalf("down backends: %v", down)
+	}
+	_, err := d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "outage-zone", VolumeCapabilities: mountCap(), AccessibilityRequirements: zoneReq("zone-dead")})
+	wantCode(t, err, codes.Unavailable, "dead")
+	// The golden image is in no reachable cluster, but the dead backend's
+	// cluster was never searched.
+	_, err = d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "outage-image", VolumeCapabilities: mountCap(), Parameters: map[string]string{"image": golden}})
+	wantCode(t, err, codes.Unavailable, "dead")
+	// Nothing was reserved by the refused creates.
+	if p, _ := registry(t, d).Pending(ctx, records.KindVolume, 10); len(p) != 0 {
+		t.Fatalf("pending creates left: %v", p)
 	}
 }
