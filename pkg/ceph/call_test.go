@@ -110,3 +110,37 @@ func TestEncodeStringMap(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+// RemoveImage's wait: an operation abandoned by its caller keeps its image
+// busy until its body returns; other images are not held up.
+func TestInflightWaitsForAbandonedWrites(t *testing.T) {
+	var f inflight
+	end := f.start("img")
+	end2 := f.start("img")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := f.wait(ctx, "img"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait while writing: %v", err)
+	}
+	if err := f.wait(context.Background(), "other"); err != nil {
+		t.Fatalf("an idle image waited: %v", err)
+	}
+	end()
+	end() // idempotent: the second operation still runs
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel2()
+	if err := f.wait(ctx2, "img"); err == nil {
+		t.Fatal("wait returned while an operation still runs")
+	}
+	done := make(chan error)
+	go func() { done <- f.wait(context.Background(), "img") }()
+	end2()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("wait did not return after the last operation ended")
+	}
+}

@@ -34,6 +34,7 @@ type Conn struct {
 	poolID int64
 	mons   string
 	s      *scope // owns conn and ioctx: see scope
+	busy   inflight
 }
 
 var _ backend.Cluster = (*Conn)(nil)

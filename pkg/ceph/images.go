@@ -90,7 +90,7 @@ func (c *Conn) Clone(ctx context.Context, spec backend.ImageSpec, dst string) er
 		return fmt.Errorf("cannot clone %s: only a named snapshot can be cloned", spec)
 	}
 	return c.inPool(ctx, spec.Pool, func(s *scope, src *rados.IOContext) error {
-		return translate(do(ctx, s, fmt.Sprintf("cloning %s to %s/%s", spec, c.pool, dst), func() error {
+		return translate(c.writing(ctx, s, fmt.Sprintf("cloning %s to %s/%s", spec, c.pool, dst), dst, func() error {
 			opts := imageOptions(true)
 			defer opts.Destroy()
 			return rbd.CloneImage(src, spec.Image, spec.Snap, c.ioctx, dst, opts)
@@ -100,7 +100,7 @@ func (c *Conn) Clone(ctx context.Context, spec backend.ImageSpec, dst string) er
 
 // CreateImage implements backend.Cluster.
 func (c *Conn) CreateImage(ctx context.Context, name string, size uint64) error {
-	return translate(c.do(ctx, fmt.Sprintf("creating %s/%s", c.pool, name), func() error {
+	return translate(c.writing(ctx, c.s, fmt.Sprintf("creating %s/%s", c.pool, name), name, func() error {
 		opts := imageOptions(false)
 		defer opts.Destroy()
 		return rbd.CreateImage(c.ioctx, name, size, opts)
@@ -223,6 +223,9 @@ func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
 
 // RemoveImage implements backend.Cluster.
 func (c *Conn) RemoveImage(ctx context.Context, name string) error {
+	if err := c.busy.wait(ctx, name); err != nil {
+		return err
+	}
 	err := translate(c.do(ctx, fmt.Sprintf("removing %s/%s", c.pool, name), func() error {
 		return rbd.RemoveImage(c.ioctx, name)
 	}))

@@ -157,6 +157,11 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 
 	v, err := p.place(ctx, log, reg, &res, req, size, o)
 	if err != nil {
+		if undoFailed(err) {
+			// Something may be left on res.Backend: keep the reservation,
+			// which records it, for the retry or the recovery loop.
+			return Volume{}, err
+		}
 		// Revert the reservation: a later retry starts afresh.
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), flow.UndoTimeout)
 		if rerr := reg.Release(uctx, records.KindVolume, req.Name, res.UUID); rerr != nil {
@@ -299,6 +304,12 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 		v, err := p.createOn(ctx, log, reg, res, req, size, name, cand.Local, o)
 		if err == nil {
 			return v, nil
+		}
+		if undoFailed(err) {
+			// Moving on would lose track of what the failed attempt left
+			// (the reservation records one backend): stop here.
+			log.Error("create failed and could not be fully reverted; the retry or the recovery loop finishes the clean-up", "backend", name, "error", err)
+			return Volume{}, errorf(Unavailable, err, "creating %q on backend %s failed and its clean-up is still pending; retry", req.Name, name)
 		}
 		failures = append(failures, fmt.Sprintf("%s: %v", name, err))
 		if ctx.Err() != nil {
@@ -491,4 +502,10 @@ func classify(err error, what string) error {
 		return errorf(Aborted, err, "%s: a concurrent change to the same record won; retry", what)
 	}
 	return errorf(Internal, err, "%s", what)
+}
+
+// undoFailed reports whether a flow failed and could not revert all it did.
+func undoFailed(err error) bool {
+	var fe *flow.Error
+	return errors.As(err, &fe) && len(fe.UndoErrors) > 0
 }

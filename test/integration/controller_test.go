@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -466,4 +467,62 @@ func TestRecoverUndoesInterruptedCreate(t *testing.T) {
 func statusOf(err error) (codes.Code, string) {
 	st := status.Convert(err)
 	return st.Code(), st.Message()
+}
+
+// undoFailingCluster fails a clone after making it and, while armed, fails
+// the removal that reverts it: a revert that did not complete.
+type undoFailingCluster struct {
+	backend.Cluster
+	armed atomic.Bool
+}
+
+func (f *undoFailingCluster) Unwrap() backend.Cluster { return f.Cluster }
+
+func (f *undoFailingCluster) Clone(ctx context.Context, spec backend.ImageSpec, dst string) error {
+	if err := f.Cluster.Clone(ctx, spec, dst); err != nil || !f.armed.Load() {
+		return err
+	}
+	return errors.New("injected failure after the clone was made")
+}
+
+func (f *undoFailingCluster) RemoveImage(ctx context.Context, name string) error {
+	if f.armed.Load() {
+		return errors.New("injected failure of the revert")
+	}
+	return f.Cluster.RemoveImage(ctx, name)
+}
+
+// A create whose revert fails must not reschedule elsewhere and forget what
+// it left: it answers a retryable error and keeps the reservation, and the
+// CO's retry cleans up and succeeds, leaving exactly one image.
+func TestFailedRevertStopsReschedulingAndIsRetried(t *testing.T) {
+	bad := &undoFailingCluster{}
+	bad.armed.Store(true)
+	d := startDriver(t, configYAML(), func(name string, c backend.Cluster) backend.Cluster {
+		if name == "a-std" {
+			bad.Cluster = c
+			return bad
+		}
+		return c
+	})
+	req := &csi.CreateVolumeRequest{Name: "pvc-undo", CapacityRange: &csi.CapacityRange{RequiredBytes: gib}, VolumeCapabilities: mountCap(),
+		Parameters: map[string]string{"image": golden}, AccessibilityRequirements: zoneReq("zone-a")}
+	_, err := d.ctrl.CreateVolume(tctx(t), req)
+	wantCode(t, err, codes.Unavailable, "a-std", "clean-up")
+	if imgs := c1.images(t, "fast"); len(imgs) != 0 {
+		t.Fatalf("rescheduled after a failed revert: %v on a-fast", imgs)
+	}
+	if p, _ := registry(t, d).Pending(tctx(t), records.KindVolume, 10); len(p) != 1 {
+		t.Fatalf("the reservation recording the leftover is gone: pending %v", p)
+	}
+	bad.armed.Store(false)
+	resp, err := d.ctrl.CreateVolume(tctx(t), req)
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	all := append(c1.images(t, "volumes"), c1.images(t, "fast")...)
+	if len(all) != 1 || all[0] != imageOf(t, resp.GetVolume()) {
+		t.Fatalf("images after the retry: %v, want only %s", all, imageOf(t, resp.GetVolume()))
+	}
+	del(t, d, resp.GetVolume().GetVolumeId())
 }
