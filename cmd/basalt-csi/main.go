@@ -30,7 +30,7 @@ var version = "dev"
 
 type options struct {
 	endpoint, mode, configPath, nodeID, zone, driverName, logFormat string
-	mapper, stateDir                                                string
+	mapper, stateDir, instanceID                                    string
 	maxVolumes                                                      int64
 }
 
@@ -61,6 +61,7 @@ func run(args []string) error {
 	fs.StringVar(&o.mapper, "mapper", "auto", "how the node maps images: auto, krbd, nbd or fuse")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/basalt", "node plugin state: staging records, rbd-fuse mounts, key files")
 	fs.Int64Var(&o.maxVolumes, "max-volumes-per-node", 64, "attach limit reported by NodeGetInfo")
+	fs.StringVar(&o.instanceID, "instance-id", "", "this controller's identity across restarts, unique among running controllers: a restart blocklists the Ceph clients its previous incarnation left (default: the host name, i.e. the pod name)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -188,6 +189,14 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if o.mode != "node" {
 		cs = driver.NewController(prov, log)
 		ids.Controller = true
+		if o.instanceID == "" {
+			if o.instanceID, err = os.Hostname(); err != nil {
+				return fmt.Errorf("--instance-id is not set and the host name is unknown: %w", err)
+			}
+		}
+		if err := prov.FencePrevious(ctx, "controller@"+o.instanceID); err != nil {
+			log.Warn("could not fence the previous incarnation; its watches expire in about 30 s", "error", err)
+		}
 		go recoverLoop(ctx, prov, log)
 		go prov.RunFlattener(ctx, flattenInterval)
 	}

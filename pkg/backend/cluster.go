@@ -79,6 +79,12 @@ type Cluster interface {
 	ClusterID() string // fsid as Ceph prints it
 	PoolID() int64
 	Monitors() string // mon_host of the cluster, for the node plugin
+	// ClientAddrs is this connection's client address(es) as Ceph sees
+	// them (rados_getaddrs), the handle to blocklist it by.
+	ClientAddrs() string
+	// Blocklist fences the Ceph client at addrs (as ClientAddrs printed
+	// them): its watches go at once, its writes are refused.
+	Blocklist(ctx context.Context, addrs string) error
 	Stats(ctx context.Context) (Stats, error)
 
 	// SnapshotSize returns the size of spec's snapshot in this cluster;

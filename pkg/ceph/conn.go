@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
@@ -33,6 +34,7 @@ type Conn struct {
 	fsid   string
 	poolID int64
 	mons   string
+	addrs  string
 	s      *scope // owns conn and ioctx: see scope
 	busy   inflight
 }
@@ -93,6 +95,7 @@ func Connect(ctx context.Context, b config.Backend, timeout time.Duration) (*Con
 	}
 	c.fsid, c.ioctx, c.poolID = fsid, ioctx, ioctx.GetPoolID()
 	c.mons, _ = conn.GetConfigOption("mon_host")
+	c.addrs, _ = conn.GetAddrs()
 	return c, nil
 }
 
@@ -101,6 +104,37 @@ func (c *Conn) ClusterID() string { return c.fsid }
 
 // Monitors is the cluster's mon_host setting.
 func (c *Conn) Monitors() string { return c.mons }
+
+// ClientAddrs implements backend.Cluster.
+func (c *Conn) ClientAddrs() string { return c.addrs }
+
+// Blocklist implements backend.Cluster: "ceph osd blocklist add" for each
+// address (rados_getaddrs prints "[v2:ip:port/nonce,v1:ip:port/nonce]" or
+// one bare address; the entries differ only in protocol).
+func (c *Conn) Blocklist(ctx context.Context, addrs string) error {
+	seen := map[string]bool{}
+	for _, a := range strings.Split(strings.Trim(addrs, "[]"), ",") {
+		a = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(a), "v2:"), "v1:")
+		if a == "" || seen[a] {
+			continue
+		}
+		seen[a] = true
+		cmd, err := json.Marshal(map[string]string{"prefix": "osd blocklist", "blocklistop": "add", "addr": a})
+		if err != nil {
+			return err
+		}
+		if err := c.do(ctx, "blocklisting "+a, func() error {
+			_, status, err := c.conn.MonCommand(cmd)
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, status)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // PoolID is the backend pool's ID.
 func (c *Conn) PoolID() int64 { return c.poolID }

@@ -10,6 +10,7 @@ import (
 	"github.com/ceph/go-ceph/rbd"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/failpoint"
 )
 
 // Features of images Basalt creates: layering only, which every mapper
@@ -134,6 +135,9 @@ func (c *Conn) Finish(ctx context.Context, name string, size uint64, kv map[stri
 	}
 	sort.Strings(keys)
 	return c.withImage(ctx, "finishing", name, false, func(img *rbd.Image) error {
+		if err := failpoint.Hit("ceph/finish-open"); err != nil { // the image is open (watched)
+			return err
+		}
 		cur, err := img.GetSize()
 		if err != nil {
 			return err

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/basalt-csi/basalt/pkg/failpoint"
 )
 
 // Step is one unit of work. Undo may be nil for steps with nothing to revert.
@@ -47,7 +49,14 @@ func Run(ctx context.Context, log *slog.Logger, steps ...Step) error {
 		if err := ctx.Err(); err != nil {
 			return revert(log, steps[:i], &Error{Step: s.Name, Err: err})
 		}
-		if err := s.Do(ctx); err != nil {
+		if err := failpoint.Hit("before " + s.Name); err != nil {
+			return revert(log, steps[:i], &Error{Step: s.Name, Err: err})
+		}
+		err := s.Do(ctx)
+		if err == nil {
+			err = failpoint.Hit("after " + s.Name)
+		}
+		if err != nil {
 			// The failed step may have done part of its work; its own undo
 			// must therefore be idempotent and is run as well.
 			return revert(log, steps[:i+1], &Error{Step: s.Name, Err: err})

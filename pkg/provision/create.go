@@ -251,6 +251,9 @@ func (p *Provisioner) discardPartial(ctx context.Context, reg *records.Registry,
 		return errorf(Unavailable, err, "an interrupted create of %q left work on backend %q, which is unreachable", res.Name, res.Backend)
 	}
 	if err := cl.RemoveImage(ctx, volumeid.ImagePrefix+res.UUID); err != nil {
+		if errors.Is(err, backend.ErrBusy) {
+			return errorf(Unavailable, err, "the image an interrupted create of %q left is still open by a client (a dead client's watch expires within about 30 s); retry", res.Name)
+		}
 		return classify(err, "removing the image of an interrupted create")
 	}
 	// A clone of a volume may have left its temporary snapshot on the source.

@@ -3,10 +3,12 @@ package integration
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -58,10 +60,11 @@ type proc struct {
 	log  *bytes.Buffer
 }
 
-func startBinary(t *testing.T, cfg, sock string) *proc {
+func startBinary(t *testing.T, cfg, sock string, env ...string) *proc {
 	t.Helper()
 	p := &proc{log: &bytes.Buffer{}}
 	p.cmd = exec.Command(binary, "--mode=controller", "--config", cfg, "--endpoint", "unix://"+sock)
+	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -150,7 +153,7 @@ func TestBackendDownAtStartRejoins(t *testing.T) {
 	_, err = d.ctrl.CreateVolume(tctx(t), &csi.CreateVolumeRequest{
 		Name: "pvc-late", VolumeCapabilities: mountCap(), Parameters: map[string]string{"backend": "c-late"},
 	})
-	wantCode(t, err, codes.ResourceExhausted, "c-late", "down")
+	wantCode(t, err, codes.Unavailable, "c-late", "down")
 
 	if _, err := startCluster("it3", "volumes"); err != nil {
 		t.Fatal(err)
@@ -177,4 +180,57 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// A controller SIGKILLed during a burst of creates leaves images open (its
+// watches outlive it by ~30 s). Restarted, it blocklists its previous
+// incarnation, so the CO's retries right after the restart succeed, never
+// "image is in use", and every name ends with exactly one image.
+func TestRetryAfterSIGKILLMidBurstSucceeds(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "csi.sock")
+	cfg := cfgPath
+	// Killed while a create has its new image open (a watch on it).
+	p := startBinary(t, cfg, sock, "BASALT_FAILPOINTS=ceph/finish-open=kill")
+	const n = 8
+	reqs := make([]*csi.CreateVolumeRequest, n)
+	for i := range reqs {
+		reqs[i] = &csi.CreateVolumeRequest{
+			Name: fmt.Sprintf("pvc-burst-%d", i), CapacityRange: &csi.CapacityRange{RequiredBytes: gib},
+			VolumeCapabilities: mountCap(), Parameters: map[string]string{"image": golden, "backend": "a-std"},
+		}
+	}
+	before := len(c1.images(t, "volumes"))
+	var wg sync.WaitGroup
+	for _, r := range reqs {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, _ = p.ctrl.CreateVolume(tctx(t), r) }()
+	}
+	_ = p.cmd.Wait()
+	wg.Wait()
+	if !strings.Contains(p.log.String(), "failpoint ceph/finish-open: SIGKILL") {
+		t.Fatalf("the failpoint did not fire:\n%s", p.log)
+	}
+
+	p2 := startBinary(t, cfg, sock)
+	ids := map[string]bool{}
+	for _, r := range reqs {
+		resp, err := p2.ctrl.CreateVolume(tctx(t), r)
+		if err != nil {
+			t.Fatalf("retry of %s right after the restart: %v\n%s", r.Name, err, p2.log)
+		}
+		ids[imageOf(t, resp.GetVolume())] = true
+	}
+	imgs := c1.images(t, "volumes")
+	if len(imgs)-before != n || len(ids) != n {
+		t.Errorf("%d new images for %d names (%d distinct volumes): %v", len(imgs)-before, n, len(ids), imgs)
+	}
+	if !strings.Contains(p2.log.String(), "blocklisted the previous incarnation") {
+		t.Errorf("the restart did not fence its previous incarnation:\n%s", p2.log)
+	}
+	for _, r := range reqs {
+		resp, _ := p2.ctrl.CreateVolume(tctx(t), r)
+		if _, err := p2.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId()}); err != nil {
+			t.Errorf("delete %s: %v", r.Name, err)
+		}
+	}
 }
