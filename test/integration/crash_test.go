@@ -1,0 +1,139 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/basalt-csi/basalt/pkg/records"
+)
+
+// crashAt runs one operation in a real basalt-csi process armed to SIGKILL
+// itself at point, then restarts it and retries the operation as a CO
+// would: the retry must succeed.
+func crashAt(t *testing.T, point string, op func(ctx context.Context, p *proc) error) *proc {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "csi.sock")
+	p := startBinary(t, cfgPath, sock, "BASALT_FAILPOINTS="+point+"=kill")
+	err := op(opCtx(t), p)
+	_ = p.cmd.Wait()
+	if !strings.Contains(p.log.String(), "failpoint "+point+": SIGKILL") {
+		t.Fatalf("%s: the process did not die there (op: %v):\n%s", point, err, p.log)
+	}
+	p2 := startBinary(t, cfgPath, sock)
+	if err := op(opCtx(t), p2); err != nil {
+		t.Fatalf("%s: retry after the restart: %v\n%s", point, err, p2.log)
+	}
+	return p2
+}
+
+// The crash matrix: every step of CreateVolume (a clone of the golden
+// image, a restore of a snapshot, a clone of a volume) and of
+// CreateSnapshot, killed before and after it; the retry succeeds and, once
+// everything is deleted, nothing is left in Ceph or in the records.
+func TestCrashMatrix(t *testing.T) {
+	ctx := opCtx(t)
+	pin := map[string]string{"image": golden, "backend": "a-std"}
+	// A source volume and snapshot for the restore and clone cases, made by
+	// an unarmed process.
+	setup := startBinary(t, cfgPath, filepath.Join(t.TempDir(), "csi.sock"))
+	srcResp, err := setup.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "crash-src", VolumeCapabilities: mountCap(), Parameters: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := srcResp.GetVolume().GetVolumeId()
+	snapResp, err := setup.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "crash-src-snap", SourceVolumeId: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = setup.cmd.Process.Kill()
+	_ = setup.cmd.Wait()
+
+	sources := map[string]*csi.VolumeContentSource{
+		"golden":   nil,
+		"snapshot": fromSnapshot(snapResp.GetSnapshot().GetSnapshotId()),
+		"volume":   fromVolume(src),
+	}
+	createSteps := []string{"account capacity", "record placement", "clone image", "resize and write metadata", "check the clone depth", "index volume", "mark ready"}
+	var last *proc
+	n := 0
+	for kind, cs := range sources {
+		steps := createSteps
+		if kind == "volume" {
+			steps = append([]string{"snapshot the source volume", "drop the temporary snapshot"}, steps...)
+		}
+		for _, step := range steps {
+			for _, when := range []string{"before", "after"} {
+				n++
+				name := fmt.Sprintf("crash-%s-%d", kind, n)
+				req := &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: mountCap(), Parameters: pin, VolumeContentSource: cs}
+				var id string
+				last = crashAt(t, when+" "+step, func(ctx context.Context, p *proc) error {
+					r, err := p.ctrl.CreateVolume(ctx, req)
+					id = r.GetVolume().GetVolumeId()
+					return err
+				})
+				if _, err := last.ctrl.DeleteVolume(opCtx(t), &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+					t.Fatalf("%s %s: delete: %v", when, step, err)
+				}
+			}
+		}
+	}
+	for _, step := range []string{"snapshot the image", "index snapshot", "mark ready"} {
+		for _, when := range []string{"before", "after"} {
+			n++
+			req := &csi.CreateSnapshotRequest{Name: fmt.Sprintf("crash-snap-%d", n), SourceVolumeId: src}
+			var id string
+			last = crashAt(t, when+" "+step, func(ctx context.Context, p *proc) error {
+				r, err := p.ctrl.CreateSnapshot(ctx, req)
+				id = r.GetSnapshot().GetSnapshotId()
+				return err
+			})
+			if _, err := last.ctrl.DeleteSnapshot(opCtx(t), &csi.DeleteSnapshotRequest{SnapshotId: id}); err != nil {
+				t.Fatalf("%s %s: delete snapshot: %v", when, step, err)
+			}
+		}
+	}
+	ctx = opCtx(t)
+	if _, err := last.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapResp.GetSnapshot().GetSnapshotId()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := last.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d crash points survived", n)
+	reg := registry(t, startDriver(t, configYAML(), nil))
+	var left []string
+	for _, pool := range []string{"volumes", "fast"} {
+		left = append(left, c1.images(t, pool)...)
+		if out := strings.TrimSpace(c1.rbd(t, "trash", "ls", pool)); out != "" {
+			left = append(left, "trash: "+out)
+		}
+	}
+	if vols, _, err := reg.Volumes(ctx, "", 100); err != nil || len(vols) > 0 {
+		left = append(left, fmt.Sprintf("volume index: %v %v", vols, err))
+	}
+	if snaps, _, err := reg.Snapshots(ctx, "", "", 100); err != nil || len(snaps) > 0 {
+		left = append(left, fmt.Sprintf("snapshot index: %v %v", snaps, err))
+	}
+	for _, k := range []records.Kind{records.KindVolume, records.KindSnapshot} {
+		if p, err := reg.Pending(ctx, k, 100); err != nil || len(p) > 0 {
+			left = append(left, fmt.Sprintf("pending %q: %v %v", k, p, err))
+		}
+	}
+	if len(left) > 0 {
+		t.Fatalf("left behind after the crash matrix: %v", left)
+	}
+}
+
+// opCtx bounds one operation (the matrix as a whole runs longer than tctx).
+func opCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
