@@ -176,6 +176,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	mgr := newManager(cfg, log)
+	mgr.NoCapacity = o.mode == "node"
 	log.Info("connecting to backends", "config", cfg.Path, "backends", mgr.Names())
 	mgr.Refresh(ctx)
 	if len(mgr.Up()) == 0 {

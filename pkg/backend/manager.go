@@ -32,6 +32,10 @@ type Manager struct {
 	// thin-provisioning figures are authoritative, not only local estimates.
 	// NewManager sets it to sum Basalt's volume index; tests may replace it.
 	Provisioned ProvisionedFunc
+	// NoCapacity makes Refresh only (re)connect backends: no "ceph df", no
+	// scan of the volume index. The node plugin sets it: capacity is the
+	// controller's business, and a node's credentials need not allow it.
+	NoCapacity bool
 
 	mu      sync.RWMutex
 	entries map[string]*entry
@@ -116,7 +120,7 @@ func (m *Manager) Refresh(ctx context.Context) {
 	wg.Wait()
 
 	var provisioned map[string]uint64
-	if m.Provisioned != nil {
+	if m.Provisioned != nil && !m.NoCapacity {
 		pctx, cancel := context.WithTimeout(ctx, m.timeout)
 		p, err := m.Provisioned(pctx)
 		cancel()
@@ -165,6 +169,9 @@ func (m *Manager) refreshOne(ctx context.Context, name string) Stats {
 		} else {
 			m.log.Info("backend connected", "backend", name, "fsid", c.ClusterID(), "pool", e.cfg.Pool, "zone", e.cfg.Zone)
 		}
+	}
+	if m.NoCapacity {
+		return Stats{}
 	}
 	st, err := cl.Stats(ctx)
 	if err != nil {
