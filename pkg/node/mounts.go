@@ -25,9 +25,10 @@ func (e timedExec) Command(cmd string, args ...string) utilexec.Cmd {
 	return e.Interface.CommandContext(ctx, cmd, args...)
 }
 
-// Mounts wraps mount-utils so that every call has a deadline: mount-utils
-// runs mount(8) without one, so a call that does not return in time is
-// abandoned and reported (the caller's lock is released).
+// Mounts wraps mount-utils so that every call has a deadline: mount(8),
+// umount(8) and the commands mount-utils runs through Exec are killed at
+// CommandTimeout (timedMounter, timedExec); what else could block (reading
+// mountinfo) is abandoned at the deadline and reported.
 type Mounts struct {
 	m *mount.SafeFormatAndMount
 }
@@ -35,7 +36,7 @@ type Mounts struct {
 // NewMounts returns the host's mounter.
 func NewMounts() *Mounts {
 	ex := timedExec{utilexec.New()}
-	return &Mounts{m: &mount.SafeFormatAndMount{Interface: mount.New(""), Exec: ex}}
+	return &Mounts{m: &mount.SafeFormatAndMount{Interface: timedMounter{mount.New("")}, Exec: ex}}
 }
 
 func withDeadline(ctx context.Context, what string, f func() error) error {
@@ -85,11 +86,7 @@ func (m *Mounts) Unmount(ctx context.Context, target string) error {
 
 // UnmountLazy detaches target even if busy or its device is dead.
 func (m *Mounts) UnmountLazy(ctx context.Context, target string) error {
-	out, err := m.m.Exec.Command("umount", "-l", target).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("umount -l %s: %v: %s", target, err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return runTimed("umount", []string{"-l", target}, "-l "+target)
 }
 
 // IsMounted reports whether path is a mount point. A path that does not
