@@ -195,7 +195,8 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 				return fmt.Errorf("--instance-id is not set and the host name is unknown: %w", err)
 			}
 		}
-		if err := prov.FencePrevious(ctx, "controller@"+o.instanceID); err != nil {
+		prov.Instance = "controller@" + o.instanceID
+		if err := prov.FencePrevious(ctx, prov.Instance); err != nil {
 			log.Warn("could not fence the previous incarnation; its watches expire in about 30 s", "error", err)
 		}
 		go recoverLoop(ctx, prov, log)

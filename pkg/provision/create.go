@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"strings"
+	"time"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/flow"
@@ -85,9 +86,20 @@ type Provisioner struct {
 	// shared with the gRPC layer, which takes them.
 	Locks *locks.Keyed
 
+	// Instance identifies this controller (its --instance-id, stable across
+	// its restarts) in the reservations it makes: a create that another
+	// controller started is not resumed under its feet while it may still
+	// run; one this instance's previous incarnation started is (that
+	// incarnation is dead: FencePrevious blocklisted it).
+	Instance string
+
 	images imageCache
 	flat   flattener
 }
+
+// TakeoverGrace is how long a reservation another controller is working on
+// (its last record update) is left to it before a retry takes it over.
+var TakeoverGrace = 2 * time.Minute
 
 const (
 	mib          = 1 << 20
@@ -133,7 +145,7 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 	}
 
 	// Step: reserve the name. Compare with an existing reservation first.
-	fresh := records.Reservation{Name: req.Name, State: records.StateCreating, SizeBytes: size, Params: req.Params}
+	fresh := records.Reservation{Name: req.Name, State: records.StateCreating, SizeBytes: size, Params: req.Params, Owner: p.Instance}
 	res, created, err := reserve(ctx, reg, fresh)
 	if err != nil {
 		return Volume{}, classify(err, "reserving the volume name")
@@ -148,10 +160,23 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 				return v, nil
 			}
 		}
-		log.Info("resuming an interrupted create", "uuid", res.UUID, "backend", res.Backend)
+		if res.State != records.StateReady && res.Owner != p.Instance && time.Since(res.Updated) < TakeoverGrace {
+			return Volume{}, errorf(Aborted, nil, "volume name %q is being created by another controller (%s, last progress %s ago); retry", req.Name, res.Owner, time.Since(res.Updated).Round(time.Second))
+		}
+		log.Info("resuming an interrupted create", "uuid", res.UUID, "backend", res.Backend, "owner", res.Owner)
 		size = res.SizeBytes
 		if err := p.discardPartial(ctx, reg, &res); err != nil {
 			return Volume{}, err
+		}
+		if res.Owner != p.Instance {
+			// Taking over from another controller, which may still be
+			// running: a new UUID, so that nothing it does afterwards (its
+			// image, its revert, its Release) can touch ours; the
+			// compare-and-write makes its next record update fail.
+			res.UUID, res.Owner = volumeid.NewUUID(), p.Instance
+			if err := reg.Save(ctx, &res); err != nil {
+				return Volume{}, classify(err, "taking over the reservation")
+			}
 		}
 	}
 

@@ -58,6 +58,7 @@ type Reservation struct {
 	Backend   string            `json:"backend,omitempty"`
 	VolumeID  string            `json:"volumeID,omitempty"`
 	Source    string            `json:"source,omitempty"`
+	Owner     string            `json:"owner,omitempty"` // the controller instance that made it
 	Created   time.Time         `json:"created"`
 	Updated   time.Time         `json:"updated"`
 

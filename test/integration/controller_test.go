@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/provision"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
@@ -525,4 +526,56 @@ func TestFailedRevertStopsReschedulingAndIsRetried(t *testing.T) {
 		t.Fatalf("images after the retry: %v, want only %s", all, imageOf(t, resp.GetVolume()))
 	}
 	del(t, d, resp.GetVolume().GetVolumeId())
+}
+
+// Two controllers: a create another controller is working on is not
+// resumed under its feet (Aborted, retry), and once it is stale it is taken
+// over under a new UUID, so the lingering one can neither clobber nor
+// release the new volume's records.
+func TestSecondControllerDoesNotResumeALiveCreate(t *testing.T) {
+	a := startDriver(t, configYAML(), nil)
+	b := startDriver(t, configYAML(), nil)
+	a.prov.Instance, b.prov.Instance = "controller@a", "controller@b"
+	ctx := tctx(t)
+	reg := registry(t, a)
+	uuid := volumeid.NewUUID()
+	// a is in the middle of creating pvc-two: reserved, placed, cloned.
+	res, created, err := reg.Reserve(ctx, records.Reservation{Name: "pvc-two", UUID: uuid, State: records.StateCreating,
+		SizeBytes: uint64(gib), Params: map[string]string{"image": golden, "backend": "a-std"}, Owner: "controller@a"})
+	if err != nil || !created {
+		t.Fatal(created, err)
+	}
+	res.Backend = "a-std"
+	if err := reg.Save(ctx, &res); err != nil {
+		t.Fatal(err)
+	}
+	c1.rbd(t, "clone", golden, "volumes/basalt-"+uuid)
+	req := &csi.CreateVolumeRequest{Name: "pvc-two", CapacityRange: &csi.CapacityRange{RequiredBytes: gib}, VolumeCapabilities: mountCap(),
+		Parameters: map[string]string{"image": golden, "backend": "a-std"}}
+	_, err = b.ctrl.CreateVolume(ctx, req)
+	wantCode(t, err, codes.Aborted, "another controller", "controller@a")
+
+	old := provision.TakeoverGrace
+	provision.TakeoverGrace = time.Second
+	defer func() { provision.TakeoverGrace = old }()
+	time.Sleep(1200 * time.Millisecond)
+	resp, err := b.ctrl.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatalf("takeover of a stale create: %v", err)
+	}
+	if strings.HasSuffix(resp.GetVolume().GetVolumeId(), uuid) {
+		t.Fatal("the takeover reused the other controller's UUID")
+	}
+	// a lingers: its release of "its" reservation must not touch b's.
+	if err := reg.Release(ctx, records.KindVolume, "pvc-two", uuid); err != nil {
+		t.Fatal(err)
+	}
+	again, err := a.ctrl.CreateVolume(ctx, req)
+	if err != nil || again.GetVolume().GetVolumeId() != resp.GetVolume().GetVolumeId() {
+		t.Fatalf("after the old owner's release: %v %v", again, err)
+	}
+	if imgs := c1.images(t, "volumes"); len(imgs) != 1 || imgs[0] != imageOf(t, resp.GetVolume()) {
+		t.Fatalf("images: %v, want only the taken-over volume's", imgs)
+	}
+	del(t, b, resp.GetVolume().GetVolumeId())
 }
