@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/basalt-csi/basalt/pkg/locks"
+	"github.com/basalt-csi/basalt/pkg/failpoint"
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
@@ -141,15 +142,27 @@ func fsOrDefault(fs string) string {
 
 // stage maps and mounts rec, reverting on failure; rec.Mapping is filled in.
 func (s *Service) stage(ctx context.Context, log *slog.Logger, uuid string, rec *Record) (err error) {
+	// Record the intent before mapping: a SIGKILL or a timeout inside Map
+	// must leave a record that Unstage (or healing) finds, not a device and
+	// an image watcher nobody knows (which would block DeleteVolume).
+	if err := s.Store.Save(uuid, rec); err != nil {
+		return status.Errorf(codes.Internal, "saving the staging record: %v", err)
+	}
 	m, err := s.Mapper.Map(ctx, rec.Spec)
+	if err == nil {
+		err = failpoint.Hit("node/after-map")
+	}
 	if err != nil {
 		// Map may have done part of its work (rbd-fuse mounted, no loop
 		// device yet, or the request cancelled in between): undo that too.
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CommandTimeout)
 		defer cancel()
-		if uerr := s.Mapper.Unmap(uctx, rec.Spec, mapper.Mapping{Mapper: s.Mapper.Name()}); uerr != nil {
-			log.Error("revert of a failed map failed", "error", uerr)
+		// No device is known: every mapper then finds the image's mappings.
+		if uerr := s.Mapper.Unmap(uctx, rec.Spec, mapper.Mapping{Mapper: s.Mapper.Name(), Device: m.Device}); uerr != nil {
+			log.Error("revert of a failed map failed; the staging record is kept for Unstage", "error", uerr)
+			return status.Errorf(codes.Internal, "mapping %s/%s with %s: %v (and undoing it failed: %v)", rec.Spec.Pool, rec.Spec.Image, s.Mapper.Name(), err, uerr)
 		}
+		_ = s.Store.Delete(uuid)
 		return status.Errorf(codes.Internal, "mapping %s/%s with %s: %v", rec.Spec.Pool, rec.Spec.Image, s.Mapper.Name(), err)
 	}
 	rec.Mapping = m

@@ -29,11 +29,12 @@ type nodePlugin struct {
 	cmd      *exec.Cmd
 	log      *bytes.Buffer
 	node     csi.NodeClient
+	env      []string // extra environment (failpoints)
 }
 
-func startNode(t *testing.T, d *testDriver, id string) *nodePlugin {
+func startNode(t *testing.T, d *testDriver, id string, env ...string) *nodePlugin {
 	t.Helper()
-	n := &nodePlugin{t: t, id: id, stateDir: t.TempDir(), sock: filepath.Join(t.TempDir(), "node.sock")}
+	n := &nodePlugin{t: t, id: id, stateDir: t.TempDir(), sock: filepath.Join(t.TempDir(), "node.sock"), env: env}
 	n.start()
 	t.Cleanup(func() {
 		n.kill()
@@ -58,6 +59,7 @@ func (n *nodePlugin) start() {
 	n.cmd = exec.Command(binary, "--mode=node", "--node-id", n.id, "--zone", "zone-a", "--mapper", "fuse",
 		"--state-dir", n.stateDir, "--config", cfgPath, "--endpoint", "unix://"+n.sock)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	n.cmd.Env = append(os.Environ(), n.env...)
 	if err := n.cmd.Start(); err != nil {
 		n.t.Fatal(err)
 	}
@@ -439,4 +441,47 @@ func TestNodeRefusesBadRequests(t *testing.T) {
 func codeOf(err error) codes.Code {
 	st, _ := statusOf(err)
 	return st
+}
+
+// A node plugin killed right after mapping, before it recorded the device:
+// the staging record written before the map lets the restarted plugin
+// unstage it (no device, rbd-fuse daemon or image watcher is left), and the
+// volume can then be deleted.
+func TestNodeKilledAfterMapLeavesNothing(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	n := startNode(t, d, "node-crash", "BASALT_FAILPOINTS=node/after-map=kill")
+	ctx := tctx(t)
+	v := create(t, d, "pvc-node-crash", gib, map[string]string{"image": golden}, zoneReq("zone-a"))
+	vol := v.GetVolumeId()
+	vc := mountVC("ext4")
+	staging := filepath.Join(t.TempDir(), "staging")
+	must(t, os.MkdirAll(staging, 0o750))
+	_, err := publish(ctx, d.ctrl, vol, "node-crash", vc, false)
+	must(t, err)
+	if err := stage(ctx, n, vol, staging, vc); err == nil {
+		t.Fatal("stage succeeded through a kill failpoint")
+	}
+	_ = n.cmd.Wait()
+	if !strings.Contains(n.log.String(), "failpoint node/after-map: SIGKILL") {
+		t.Fatalf("the plugin did not die after mapping:\n%s", n.log)
+	}
+	n.env = nil
+	n.start()
+	_, err = n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+	must(t, err)
+	if left := n.leftovers(t, staging); len(left) > 0 {
+		t.Fatalf("left on the node after unstage: %v\n%s", left, n.log)
+	}
+	unpublish(t, d.ctrl, vol, "node-crash")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		_, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("delete after the node cleaned up: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
 }

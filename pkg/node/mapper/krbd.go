@@ -127,6 +127,19 @@ func (k *KRBD) Map(ctx context.Context, s Spec) (Mapping, error) {
 // carries another image, is left alone and counts as unmapped.
 func (k *KRBD) Unmap(ctx context.Context, s Spec, m Mapping) error {
 	if m.Device == "" {
+		// A map that was interrupted (killed, timed out) before it said
+		// which device it made: unmap whatever maps this image.
+		devs, err := k.list(ctx, s)
+		if err != nil {
+			return err
+		}
+		for _, d := range devs {
+			if d.isImage(s) && d.Device != "" {
+				if err := k.Unmap(ctx, s, Mapping{Mapper: m.Mapper, Device: d.Device}); err != nil {
+					return err
+				}
+			}
+		}
 		return nil
 	}
 	devs, err := k.list(ctx, s)

@@ -364,3 +364,25 @@ func cliErrHas(t *testing.T, err error, want []string) {
 		}
 	}
 }
+
+// A map interrupted before it named its device (killed, timed out) is
+// reverted by unmapping whatever maps the image, not by doing nothing.
+func TestKRBDUnmapUnknownDevice(t *testing.T) {
+	r := &cliRecorder{reply: func(argv []string) ([]byte, error) {
+		if argv[2] == "list" {
+			return []byte(krbdListJSON), nil
+		}
+		return nil, nil
+	}}
+	err := NewKRBD(r, t.TempDir()).Unmap(context.Background(),
+		Spec{Pool: "kube", Image: "vol1", CephConf: testConf, User: "csi", Keyring: "/k"}, Mapping{Mapper: "krbd"})
+	want := []string{krbdListCmd, krbdListCmd, "rbd device unmap --device-type krbd /dev/rbd3 -c " + testConf}
+	if err != nil || !reflect.DeepEqual(r.calls, want) {
+		t.Fatalf("err %v, commands:\n  %q\nwant\n  %q", err, r.calls, want)
+	}
+	// Devices of other images (and snapshots, namespaces) are left alone.
+	r.calls = nil
+	if err := NewKRBD(r, t.TempDir()).Unmap(context.Background(), Spec{Pool: "kube", Image: "vol9", CephConf: testConf}, Mapping{Mapper: "krbd"}); err != nil || len(r.calls) != 1 {
+		t.Fatalf("unmapped another image's device: %v %q", err, r.calls)
+	}
+}

@@ -205,6 +205,19 @@ func (n *NBD) ours(ctx context.Context, s Spec, m Mapping) (bool, error) {
 // is left alone and counts as unmapped.
 func (n *NBD) Unmap(ctx context.Context, s Spec, m Mapping) error {
 	if m.Device == "" {
+		// A map that was interrupted before it said which device it made:
+		// unmap whatever serves this image.
+		devs, err := n.list(ctx)
+		if err != nil {
+			return err
+		}
+		for _, d := range devs {
+			if d.isImage(s) && d.Device != "" {
+				if err := n.Unmap(ctx, s, Mapping{Mapper: m.Mapper, Device: d.Device}); err != nil {
+					return err
+				}
+			}
+		}
 		return nil
 	}
 	mine, err := n.ours(ctx, s, m)

@@ -281,3 +281,16 @@ func TestNBDName(t *testing.T) {
 		t.Error("SysBlock default")
 	}
 }
+
+// A map interrupted before it named its device is reverted by unmapping the
+// rbd-nbd device that serves the image.
+func TestNBDUnmapUnknownDevice(t *testing.T) {
+	r := &cliRecorder{reply: nbdReplies([]string{nbdListJSON}, map[string]nbdReply{"unmap": {}})}
+	n := NewNBD(r)
+	n.SysBlock = t.TempDir()
+	err := n.Unmap(context.Background(), Spec{Pool: "kube", Image: "vol1", CephConf: testConf}, Mapping{Mapper: "nbd"})
+	want := []string{nbdListCmd, nbdListCmd, "rbd-nbd unmap /dev/nbd2"}
+	if err != nil || !reflect.DeepEqual(r.calls, want) {
+		t.Fatalf("err %v, commands:\n  %q\nwant\n  %q", err, r.calls, want)
+	}
+}
