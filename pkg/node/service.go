@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/basalt-csi/basalt/pkg/locks"
 	"github.com/basalt-csi/basalt/pkg/failpoint"
+	"github.com/basalt-csi/basalt/pkg/locks"
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
