@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"errors"
+	"os"
 
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 
@@ -27,13 +29,31 @@ func (s *Service) HealAll(ctx context.Context) (healed int, failed int) {
 			failed++
 			continue
 		}
-		if err := s.verifyStaged(ctx, rec); err == nil {
+		err = s.verifyStaged(ctx, rec)
+		switch {
+		case err == nil:
 			log.Info("staged volume is alive", "device", rec.Mapping.Device)
 			unlock()
 			continue
-		} else {
-			log.Warn("staged volume is broken; re-mapping it", "reason", err)
+		case !errors.Is(err, mapper.ErrGone):
+			// Could not look (a listing failed): healing would detach live
+			// mounts for nothing. NodeStage's retry or the next start checks again.
+			log.Warn("cannot check the staged volume; leaving it as it is", "reason", err)
+			failed++
+			unlock()
+			continue
 		}
+		if why := s.unwanted(ctx, rec); why != "" {
+			// The CO has moved on: do not resurrect it, clean it up.
+			log.Info("staged volume is no longer wanted; tearing it down instead of healing it", "reason", why)
+			if err := s.teardown(ctx, uuid, rec); err != nil {
+				log.Error("could not tear down the unwanted volume", "error", err)
+				failed++
+			}
+			unlock()
+			continue
+		}
+		log.Warn("staged volume is broken; re-mapping it", "reason", err)
 		if err := s.heal(ctx, uuid, rec); err != nil {
 			log.Error("could not heal the staged volume", "error", err)
 			failed++
@@ -43,6 +63,48 @@ func (s *Service) HealAll(ctx context.Context) (healed int, failed int) {
 		unlock()
 	}
 	return healed, failed
+}
+
+// unwanted tells why the CO no longer wants a staged volume ("" if it still
+// may): its staging directory was removed, or the volume is no longer
+// published to this node (no attachment record). When the registry cannot be
+// asked, the volume is assumed wanted: pods may depend on it.
+func (s *Service) unwanted(ctx context.Context, rec *Record) string {
+	if _, err := os.Stat(rec.StagingPath); errors.Is(err, os.ErrNotExist) {
+		return "its staging path " + rec.StagingPath + " was removed"
+	}
+	_, err := s.AttachedMode(ctx, rec.VolumeID, s.NodeID)
+	switch status.Code(err) {
+	case codes.NotFound:
+		return "the volume no longer exists"
+	case codes.FailedPrecondition:
+		return "it is no longer published to this node"
+	}
+	return ""
+}
+
+// teardown undoes a stage the CO no longer wants: targets and staging
+// unmounted (lazily: the device may be dead), the image unmapped, the record
+// removed. The caller holds the volume's lock.
+func (s *Service) teardown(ctx context.Context, uuid string, rec *Record) error {
+	paths := []string{}
+	for _, t := range rec.Targets {
+		paths = append(paths, t.Path)
+	}
+	if !rec.Block {
+		paths = append(paths, rec.StagingPath)
+	}
+	for _, p := range paths {
+		if mounted, _ := s.Mounts.IsMounted(p); mounted {
+			if err := s.Mounts.UnmountLazy(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
+	if err := s.Mapper.Unmap(ctx, rec.Spec, rec.Mapping); err != nil {
+		return err
+	}
+	return s.Store.Delete(uuid)
 }
 
 // heal re-establishes rec in place: the caller holds the volume's lock.

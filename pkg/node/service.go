@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -101,10 +100,14 @@ func (s *Service) Stage(ctx context.Context, req StageRequest) error {
 		if rec.Block != req.Block || (!req.Block && rec.FsType != fsOrDefault(req.FsType)) {
 			return status.Errorf(codes.AlreadyExists, "volume %s is already staged at %s with another access type or filesystem", req.VolumeID, req.StagingPath)
 		}
-		if err := s.verifyStaged(ctx, rec); err == nil {
+		err := s.verifyStaged(ctx, rec)
+		if err == nil {
 			return nil // idempotent
 		}
-		log.Warn("staged volume is broken; staging it again in place")
+		if !errors.Is(err, mapper.ErrGone) {
+			return status.Errorf(codes.Unavailable, "cannot check the staged volume %s (%v); retry", req.VolumeID, err)
+		}
+		log.Warn("staged volume is broken; staging it again in place", "reason", err)
 		return s.heal(ctx, id.UUID, rec)
 	}
 
@@ -240,7 +243,7 @@ func (s *Service) verifyStaged(ctx context.Context, rec *Record) error {
 	}
 	if rec.Block {
 		if _, err := os.Stat(rec.Mapping.Device); err != nil {
-			return fmt.Errorf("device %s is gone: %w", rec.Mapping.Device, err)
+			return mapper.Gone("device %s is gone: %v", rec.Mapping.Device, err)
 		}
 		return nil
 	}
@@ -249,7 +252,7 @@ func (s *Service) verifyStaged(ctx context.Context, rec *Record) error {
 		return err
 	}
 	if src != rec.Mapping.Device {
-		return fmt.Errorf("%s is not mounted from %s (found %q)", rec.StagingPath, rec.Mapping.Device, src)
+		return mapper.Gone("%s is not mounted from %s (found %q)", rec.StagingPath, rec.Mapping.Device, src)
 	}
 	return nil
 }

@@ -485,3 +485,45 @@ func TestNodeKilledAfterMapLeavesNothing(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 }
+
+// Healing asks whether the CO still wants a volume: one unpublished while
+// the node plugin was down (its rbd-fuse died with it) is torn down at the
+// restart, not re-mapped and re-mounted.
+func TestNodeHealingDoesNotResurrectUnwantedVolumes(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	n := startNode(t, d, "node-heal")
+	ctx := tctx(t)
+	v := create(t, d, "pvc-node-heal", gib, map[string]string{"image": golden}, zoneReq("zone-a"))
+	vol := v.GetVolumeId()
+	vc := mountVC("ext4")
+	staging := filepath.Join(t.TempDir(), "staging")
+	must(t, os.MkdirAll(staging, 0o750))
+	_, err := publish(ctx, d.ctrl, vol, "node-heal", vc, false)
+	must(t, err)
+	must(t, stage(ctx, n, vol, staging, vc))
+	pids := n.rbdFusePIDs()
+	if len(pids) != 1 {
+		t.Fatalf("%d rbd-fuse daemons", len(pids))
+	}
+	n.kill()
+	must(t, syscall.Kill(pids[0], syscall.SIGKILL))
+	unpublish(t, d.ctrl, vol, "node-heal") // the CO moved on meanwhile
+	n.start()
+	if !strings.Contains(n.log.String(), "no longer wanted") || strings.Contains(n.log.String(), "staged volume healed") {
+		t.Fatalf("the restarted plugin did not tear the unwanted volume down:\n%s", n.log)
+	}
+	if left := n.leftovers(t, staging); len(left) > 0 {
+		t.Fatalf("left on the node: %v", left)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		_, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("delete: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+}

@@ -188,7 +188,7 @@ func (f *FUSE) Unmap(ctx context.Context, s Spec, m Mapping) error {
 func (f *FUSE) Check(ctx context.Context, s Spec, m Mapping) error {
 	file := filepath.Join(m.Dir, s.Image)
 	if !fileAlive(file) {
-		return fmt.Errorf("rbd-fuse no longer serves %s", file)
+		return Gone("rbd-fuse no longer serves %s", file)
 	}
 	loops, err := f.loopsFor(ctx, file)
 	if err != nil {
@@ -199,7 +199,7 @@ func (f *FUSE) Check(ctx context.Context, s Spec, m Mapping) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("loop device %s is no longer backed by %s", m.Device, file)
+	return Gone("loop device %s is no longer backed by %s", m.Device, file)
 }
 
 func fileAlive(file string) bool {

@@ -187,9 +187,9 @@ func (k *KRBD) Check(ctx context.Context, s Spec, m Mapping) error {
 		elsewhere = append(elsewhere, d.Device)
 	}
 	if len(elsewhere) > 0 {
-		return fmt.Errorf("krbd mapping of %s/%s on %s is gone (the image is mapped on %s instead)", s.Pool, s.Image, m.Device, strings.Join(elsewhere, ", "))
+		return Gone("krbd mapping of %s/%s on %s is gone (the image is mapped on %s instead)", s.Pool, s.Image, m.Device, strings.Join(elsewhere, ", "))
 	}
-	return fmt.Errorf("krbd mapping of %s/%s on %s is gone", s.Pool, s.Image, m.Device)
+	return Gone("krbd mapping of %s/%s on %s is gone", s.Pool, s.Image, m.Device)
 }
 
 // rbdCLIKey returns the key of client.<user> in a Ceph keyring file:

@@ -386,3 +386,17 @@ func TestKRBDUnmapUnknownDevice(t *testing.T) {
 		t.Fatalf("unmapped another image's device: %v %q", err, r.calls)
 	}
 }
+
+// Only a Check that saw the mapping dead says ErrGone; one that could not
+// look (the listing failed) must not make the node re-map live volumes.
+func TestKRBDCheckGoneOnlyWhenSeen(t *testing.T) {
+	spec := Spec{Pool: "kube", Image: "vol1", CephConf: testConf}
+	failing := &cliRecorder{reply: func([]string) ([]byte, error) { return []byte("timed out"), errors.New("exit status 110") }}
+	if err := NewKRBD(failing, t.TempDir()).Check(context.Background(), spec, Mapping{Device: "/dev/rbd3"}); err == nil || errors.Is(err, ErrGone) {
+		t.Fatalf("a failed listing: %v (must be an error, not ErrGone)", err)
+	}
+	empty := &cliRecorder{reply: func([]string) ([]byte, error) { return []byte("[]"), nil }}
+	if err := NewKRBD(empty, t.TempDir()).Check(context.Background(), spec, Mapping{Device: "/dev/rbd3"}); !errors.Is(err, ErrGone) {
+		t.Fatalf("a mapping that is not listed: %v, want ErrGone", err)
+	}
+}

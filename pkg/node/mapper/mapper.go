@@ -8,6 +8,7 @@ package mapper
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -35,6 +36,20 @@ type Mapping struct {
 	Dir    string `json:"dir,omitempty"` // rbd-fuse mount point
 }
 
+// ErrGone marks a Check that found the mapping dead (as opposed to one that
+// could not look, e.g. a listing command that failed): only then is healing
+// (re-mapping, lazily detaching the mounts above) the right answer.
+var ErrGone = errors.New("mapping is gone")
+
+// gone is a Check failure that is conclusive; its message is the caller's.
+type gone string
+
+func (g gone) Error() string        { return string(g) }
+func (g gone) Is(target error) bool { return target == ErrGone }
+
+// Gone formats a conclusive Check failure (errors.Is(err, ErrGone)).
+func Gone(format string, args ...any) error { return gone(fmt.Sprintf(format, args...)) }
+
 // Mapper maps and unmaps images.
 type Mapper interface {
 	Name() string
@@ -42,7 +57,8 @@ type Mapper interface {
 	Map(ctx context.Context, spec Spec) (Mapping, error)
 	// Unmap removes the mapping; one that is already gone is success.
 	Unmap(ctx context.Context, spec Spec, m Mapping) error
-	// Check returns nil while the mapping is alive (its device still reaches the image).
+	// Check returns nil while the mapping is alive (its device still reaches
+	// the image), an error wrapping ErrGone when it is dead.
 	Check(ctx context.Context, spec Spec, m Mapping) error
 }
 

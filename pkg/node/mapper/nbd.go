@@ -134,9 +134,9 @@ func (n *NBD) Check(ctx context.Context, s Spec, m Mapping) error {
 	}
 	switch {
 	case d == nil:
-		return fmt.Errorf("nbd mapping of %s/%s on %s is gone: no rbd-nbd process serves it (Reattach may revive it within rbd-nbd's reattach timeout)", s.Pool, s.Image, m.Device)
+		return Gone("nbd mapping of %s/%s on %s is gone: no rbd-nbd process serves it (Reattach may revive it within rbd-nbd's reattach timeout)", s.Pool, s.Image, m.Device)
 	case !d.isImage(s):
-		return fmt.Errorf("nbd mapping of %s/%s on %s is gone: the device now serves %s/%s", s.Pool, s.Image, m.Device, d.Pool, d.Image)
+		return Gone("nbd mapping of %s/%s on %s is gone: the device now serves %s/%s", s.Pool, s.Image, m.Device, d.Pool, d.Image)
 	}
 	return nil
 }
