@@ -128,6 +128,18 @@ func (c *Conn) Delete(ctx context.Context, oid string) error {
 	return err
 }
 
+// DeleteVersion implements records.Store: assert-version and remove in one
+// compound operation, so a concurrent update is never deleted.
+func (c *Conn) DeleteVersion(ctx context.Context, oid string, version uint64) error {
+	return inRecordsErr(ctx, c, "deleting", oid, func(ioctx *rados.IOContext) error {
+		op := rados.CreateWriteOp()
+		defer op.Release()
+		op.AssertVersion(version)
+		op.Remove()
+		return op.Operate(ioctx, oid, rados.OperationNoFlag)
+	})
+}
+
 // IndexSet implements records.Store.
 func (c *Conn) IndexSet(ctx context.Context, oid string, kv map[string][]byte) error {
 	return inRecordsErr(ctx, c, "indexing in", oid, func(ioctx *rados.IOContext) error { return ioctx.SetOmap(oid, kv) })

@@ -93,11 +93,9 @@ func (g *Registry) SaveAttachments(ctx context.Context, uuid string, a *Attachme
 		if !a.exists {
 			return nil
 		}
-		// Compare-and-write to empty first so a concurrent publish is not lost, then delete.
-		if _, err := g.Store.Update(ctx, oid, a.version, []byte(`{"attachments":[]}`)); err != nil {
-			return err
-		}
-		return g.Store.Delete(ctx, oid)
+		// Delete only the version we read: a concurrent publish wins
+		// (ErrConflict), it is never deleted.
+		return g.Store.DeleteVersion(ctx, oid, a.version)
 	}
 	data, err := json.Marshal(a)
 	if err != nil {

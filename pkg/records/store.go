@@ -37,6 +37,9 @@ type Store interface {
 	Update(ctx context.Context, oid string, version uint64, data []byte) (uint64, error)
 	// Delete removes the object; absent is success.
 	Delete(ctx context.Context, oid string) error
+	// DeleteVersion removes the object if nobody changed it since version
+	// (one compound operation); ErrConflict otherwise.
+	DeleteVersion(ctx context.Context, oid string, version uint64) error
 	// IndexSet sets omap keys on oid, creating it if needed.
 	IndexSet(ctx context.Context, oid string, kv map[string][]byte) error
 	// IndexRemove removes omap keys; absent keys or object are success.

@@ -18,7 +18,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/basalt-csi/basalt/pkg/access"
 	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
 
 // startNodePlugin runs basalt-csi --mode=node, which registers itself in Ceph.
@@ -350,4 +352,58 @@ func regStore(t *testing.T, d *testDriver) records.Store {
 		t.Fatal(err)
 	}
 	return cl
+}
+
+// racingStore lets another writer publish just before the last attachment
+// is removed: the window in which "write empty, then delete" lost it.
+type racingStore struct {
+	records.Store
+	race func()
+}
+
+func (s *racingStore) Delete(ctx context.Context, oid string) error {
+	s.race()
+	return s.Store.Delete(ctx, oid)
+}
+
+func (s *racingStore) DeleteVersion(ctx context.Context, oid string, version uint64) error {
+	s.race()
+	return s.Store.DeleteVersion(ctx, oid, version)
+}
+
+// Removing a volume's last attachment never deletes a publish that landed
+// meanwhile: the removal is refused (the caller reloads and decides again).
+func TestUnpublishLastAttachmentKeepsConcurrentPublish(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	ctx := tctx(t)
+	uuid := volumeid.NewUUID()
+	vol := "vol-" + uuid
+	plain := registry(t, d)
+	a, err := plain.LoadAttachments(ctx, vol, uuid)
+	must(t, err)
+	a.Items = []records.AttachmentRecord{{ID: "1", VolumeID: vol, Attachment: access.Attachment{Node: "node-a", Mode: "rw"}}}
+	must(t, plain.SaveAttachments(ctx, uuid, a))
+	defer func() { _ = plain.DeleteAttachments(context.Background(), uuid) }()
+
+	store := &racingStore{Store: plain.Store}
+	store.race = func() {
+		store.race = func() {}
+		// Another controller publishes to node-b on the current record.
+		cur, err := plain.LoadAttachments(ctx, vol, uuid)
+		must(t, err)
+		cur.Items = append(cur.Items, records.AttachmentRecord{ID: "2", VolumeID: vol, Attachment: access.Attachment{Node: "node-b", Mode: "rw"}})
+		must(t, plain.SaveAttachments(ctx, uuid, cur))
+	}
+	racing := records.NewRegistry(store)
+	mine, err := racing.LoadAttachments(ctx, vol, uuid)
+	must(t, err)
+	mine.Items = nil // unpublish node-a: the last attachment as far as we saw
+	if err := racing.SaveAttachments(ctx, uuid, mine); !errors.Is(err, records.ErrConflict) {
+		t.Errorf("removing the last attachment under a concurrent publish: %v, want ErrConflict", err)
+	}
+	after, err := plain.LoadAttachments(ctx, vol, uuid)
+	must(t, err)
+	if _, ok := after.For("node-b"); !ok {
+		t.Fatalf("the concurrent publish to node-b was lost: %+v", after.Items)
+	}
 }
