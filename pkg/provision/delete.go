@@ -46,17 +46,13 @@ func (p *Provisioner) Stat(ctx context.Context, volumeID string) (volumeid.ID, s
 // renamed and kept until the last of them goes (reapDeleted).
 func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	log := p.Log.With("volume", volumeID)
-	id, bname, cl, err := p.Lookup(volumeID)
-	var pe *Error
-	if errors.As(err, &pe) && pe.Kind == NotFound {
+	id, err := volumeid.Parse(volumeID)
+	if err != nil {
 		log.Info("delete of an unknown volume: nothing to do", "reason", err)
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	reg, err := p.registry()
-	if err != nil {
+	bname, cl, reg, err := p.deleteTarget(id, "volume "+volumeID)
+	if cl == nil || err != nil {
 		return err
 	}
 	atts, err := reg.LoadAttachments(ctx, volumeID, id.UUID)

@@ -207,16 +207,8 @@ func (p *Provisioner) DeleteGroupSnapshot(ctx context.Context, id string, snapsh
 	if err != nil {
 		return nil
 	}
-	bname, cl, err := p.locate(volumeid.ID(gid), "group snapshot "+id)
-	var pe *Error
-	if errors.As(err, &pe) && pe.Kind == NotFound {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	reg, err := p.registry()
-	if err != nil {
+	bname, cl, reg, err := p.deleteTarget(volumeid.ID(gid), "group snapshot "+id)
+	if cl == nil || err != nil {
 		return err
 	}
 	e, ierr := reg.Group(ctx, id)

@@ -112,17 +112,8 @@ func (p *Provisioner) DeleteSnapshot(ctx context.Context, snapshotID string) err
 		log.Info("delete of an unknown snapshot: nothing to do", "reason", err)
 		return nil
 	}
-	bname, cl, err := p.locate(sid.Volume, "snapshot "+snapshotID)
-	var pe *Error
-	if errors.As(err, &pe) && pe.Kind == NotFound {
-		log.Info("delete of an unknown snapshot: nothing to do", "reason", err)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	reg, err := p.registry()
-	if err != nil {
+	bname, cl, reg, err := p.deleteTarget(sid.Volume, "snapshot "+snapshotID)
+	if cl == nil || err != nil {
 		return err
 	}
 	entry, ierr := reg.Snapshot(ctx, snapshotID)

@@ -59,6 +59,23 @@ func (p *Provisioner) locate(id volumeid.ID, what string) (string, backend.Clust
 	return name, cl, nil
 }
 
+// deleteTarget finds the backend and registry a delete of what (on volume
+// id's cluster and pool) works on. A nil cluster with a nil error means the
+// ID names nothing this driver serves: the delete succeeds (idempotent).
+func (p *Provisioner) deleteTarget(id volumeid.ID, what string) (string, backend.Cluster, *records.Registry, error) {
+	bname, cl, err := p.locate(id, what)
+	var pe *Error
+	if errors.As(err, &pe) && pe.Kind == NotFound {
+		p.Log.Info("delete of something unknown: nothing to do", "what", what, "reason", err)
+		return "", nil, nil, nil
+	}
+	if err != nil {
+		return "", nil, nil, err
+	}
+	reg, err := p.registry()
+	return bname, cl, reg, err
+}
+
 // resolveSource finds a CSI snapshot or volume to start a volume from.
 func (p *Provisioner) resolveSource(ctx context.Context, reg *records.Registry, cs ContentSource) (origin, error) {
 	if cs.SnapshotID != "" {
