@@ -4,11 +4,13 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,6 +69,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	fmt.Fprintf(os.Stderr, "two clusters and a golden image ready in %v\n", time.Since(start).Round(time.Millisecond))
+	for _, k := range []string{c1.Keyring, c2.Keyring} {
+		if err := loadSecrets(k); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
 	cfgPath = filepath.Join(workDir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(configYAML()), 0o600); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -168,8 +176,37 @@ func startDriver(t *testing.T, yaml string, wrap wrapFn) *testDriver {
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {
+	checkNoSecrets(w.t, "driver log", p)
 	w.t.Log(string(p[:len(p)-1]))
 	return len(p), nil
+}
+
+// secrets are the cephx keys of the test clusters: no log line of any
+// test's driver may contain one.
+var secrets []string
+
+func loadSecrets(keyring string) error {
+	data, err := os.ReadFile(keyring)
+	if err != nil {
+		return err
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok && strings.TrimSpace(k) == "key" {
+			secrets = append(secrets, strings.TrimSpace(v))
+		}
+	}
+	if len(secrets) == 0 {
+		return fmt.Errorf("no key in %s", keyring)
+	}
+	return nil
+}
+
+func checkNoSecrets(t *testing.T, what string, p []byte) {
+	for _, s := range secrets {
+		if bytes.Contains(p, []byte(s)) {
+			t.Errorf("%s holds key material: %q", what, p)
+		}
+	}
 }
 
 func mountCap() []*csi.VolumeCapability {

@@ -39,6 +39,7 @@ func startNode(t *testing.T, d *testDriver, id string, env ...string) *nodePlugi
 	t.Cleanup(func() {
 		n.kill()
 		testutil.CleanNodeState(n.stateDir)
+		checkNoSecrets(t, "node plugin log", n.log.Bytes())
 	})
 	// Wait for registration so ControllerPublish finds the node.
 	deadline := time.Now().Add(30 * time.Second)
