@@ -6,12 +6,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 	"sort"
 	"text/tabwriter"
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/ceph"
 	"github.com/basalt-csi/basalt/pkg/config"
+	"github.com/basalt-csi/basalt/pkg/locks"
+	"github.com/basalt-csi/basalt/pkg/provision"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
@@ -151,4 +155,59 @@ func listSnapshots(ctx context.Context, reg *records.Registry, volume, format st
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.SnapshotID, e.Name, e.SourceVolumeID, e.Backend, e.SizeBytes, e.Created.Format(time.RFC3339))
 	}
 	return tw.Flush()
+}
+
+// check implements `basalt-csi check [--repair]`: the invariant the tests
+// check (see provision.Check), on every backend that answers. It exits
+// non-zero while something is left unrepaired.
+func check(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("basalt-csi check", flag.ContinueOnError)
+	cfgPath := fs.String("config", "/etc/basalt/config.yaml", "backend configuration (YAML)")
+	format := fs.String("o", "table", "output: table or json")
+	repair := fs.Bool("repair", false, "remove what nothing accounts for (orphan images, ghost index entries, stale creates)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	mgr := newManager(cfg, log)
+	mgr.NoCapacity = true
+	defer mgr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	mgr.Refresh(ctx)
+	if down := mgr.Down(); len(down) > 0 {
+		fmt.Fprintf(os.Stderr, "backends down, not checked: %v\n", down)
+	}
+	prov := &provision.Provisioner{Backends: mgr, Log: log, Locks: locks.New()}
+	findings, err := prov.Check(ctx, *repair, recoverGrace)
+	if err != nil {
+		return err
+	}
+	if *format == "json" {
+		if findings == nil {
+			findings = []provision.Finding{}
+		}
+		if err := writeJSON(out, findings); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "KIND\tBACKEND\tOBJECT\tREPAIRED\tDETAIL")
+		for _, f := range findings {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", f.Kind, f.Backend, f.Object, f.Repaired, f.Detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	for _, f := range findings {
+		if !f.Repaired {
+			return fmt.Errorf("%d finding(s) left; see above", len(findings))
+		}
+	}
+	return nil
 }

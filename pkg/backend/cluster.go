@@ -98,6 +98,8 @@ type Cluster interface {
 	// Finish resizes a new image to size and writes its metadata, opening it once.
 	Finish(ctx context.Context, name string, size uint64, kv map[string]string) error
 	StatImage(ctx context.Context, name string) (ImageInfo, error)
+	// ListImages lists the images of the backend pool.
+	ListImages(ctx context.Context) ([]string, error)
 	Usage(ctx context.Context, name string) (Usage, error)
 	// RemoveImage deletes the image; absent is success; ErrBusy if open;
 	// ErrHasSnapshots while it has snapshots (those in Ceph's snapshot

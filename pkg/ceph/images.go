@@ -182,6 +182,14 @@ func encodeStringMap(keys []string, kv map[string]string) []byte {
 	return b
 }
 
+// ListImages implements backend.Cluster.
+func (c *Conn) ListImages(ctx context.Context) ([]string, error) {
+	names, err := call(ctx, c.s, "listing the images of "+c.pool, func() ([]string, error) {
+		return rbd.GetImageNames(c.ioctx)
+	})
+	return names, translate(err)
+}
+
 // StatImage implements backend.Cluster.
 func (c *Conn) StatImage(ctx context.Context, name string) (backend.ImageInfo, error) {
 	var info backend.ImageInfo

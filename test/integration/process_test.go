@@ -17,6 +17,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
 
 var binary = filepath.Join(repoRoot, "bin", "basalt-csi")
@@ -236,5 +239,37 @@ func TestRetryAfterSIGKILLMidBurstSucceeds(t *testing.T) {
 		if _, err := p2.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId()}); err != nil {
 			t.Errorf("delete %s: %v", r.Name, err)
 		}
+	}
+}
+
+// basalt-csi check finds an image no record accounts for and an index entry
+// whose image is gone; --repair removes both; a live volume is untouched.
+func TestCheckFindsAndRepairsLeftovers(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	ctx := tctx(t)
+	live := create(t, d, "pvc-check-live", 0, map[string]string{"image": golden, "backend": "a-std"}, nil)
+	defer del(t, d, live.GetVolumeId())
+	orphan := "basalt-" + volumeid.NewUUID()
+	c1.rbd(t, "clone", golden, "volumes/"+orphan)
+	cl, _, _ := d.mgr.Get("a-std")
+	ghost, _ := volumeid.New(cl.ClusterID(), cl.PoolID())
+	must(t, registry(t, d).IndexVolume(ctx, records.VolumeEntry{VolumeID: ghost.String(), Name: "ghost", Backend: "a-std", SizeBytes: 1}))
+
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(binary, append([]string{"check", "--config", cfgPath, "-o", "json"}, args...)...).Output()
+		return string(out), err
+	}
+	out, err := run()
+	if err == nil || !strings.Contains(out, orphan) || !strings.Contains(out, ghost.String()) || strings.Contains(out, imageOf(t, live)) {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	if out, err := run("--repair"); err != nil {
+		t.Fatalf("check --repair: %v\n%s", err, out)
+	}
+	if out, err := run(); err != nil || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("check after the repair: %v\n%s", err, out)
+	}
+	if imgs := c1.images(t, "volumes"); len(imgs) != 1 || imgs[0] != imageOf(t, live) {
+		t.Fatalf("images after the repair: %v", imgs)
 	}
 }

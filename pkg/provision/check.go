@@ -1,0 +1,138 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
+)
+
+// Finding is one thing in Ceph or the records that nothing accounts for.
+type Finding struct {
+	Backend  string `json:"backend,omitempty"`
+	Kind     string `json:"kind"`   // orphan-image, ghost-volume, ghost-snapshot, stale-create
+	Object   string `json:"object"` // image, volume ID, snapshot ID or name
+	Detail   string `json:"detail"`
+	Repaired bool   `json:"repaired"`
+}
+
+// Check is the invariant the tests check, for operators: every Basalt image
+// is a live volume, a create in progress, or a deleted volume kept for its
+// snapshots; every indexed volume and snapshot has its image; no create was
+// left half-done. With repair, what can be is undone (an orphan image with
+// snapshots or users is only reported). Backends that are down are skipped.
+func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duration) ([]Finding, error) {
+	reg, err := p.registry()
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]bool{} // volume IDs: indexed, in progress or kept for snapshots
+	var vols []records.VolumeEntry
+	for after := ""; ; {
+		page, next, err := reg.Volumes(ctx, after, 1000)
+		if err != nil {
+			return nil, classify(err, "listing volumes")
+		}
+		vols = append(vols, page...)
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	for _, v := range vols {
+		known[v.VolumeID] = true
+	}
+	deleted, err := reg.Deleted(ctx, 10000)
+	if err != nil {
+		return nil, classify(err, "listing deleted volumes")
+	}
+	for _, kv := range deleted {
+		known[kv.Key] = true
+	}
+	var out []Finding
+	pending, err := reg.Pending(ctx, records.KindVolume, 10000)
+	if err != nil {
+		return nil, classify(err, "listing pending creates")
+	}
+	inProgress := map[string]bool{} // UUIDs
+	for _, name := range pending {
+		res, err := reg.Reservation(ctx, records.KindVolume, name)
+		if err != nil || res.State == records.StateReady {
+			continue
+		}
+		inProgress[res.UUID] = true
+		if time.Since(res.Updated) > grace {
+			out = append(out, Finding{Backend: res.Backend, Kind: "stale-create", Object: name, Detail: "create interrupted since " + res.Updated.Format(time.RFC3339)})
+		}
+	}
+
+	for _, bname := range p.Backends.Up() {
+		cl, _, err := p.Backends.Get(bname)
+		if err != nil {
+			continue
+		}
+		fsid, err := volumeid.NormalizeFSID(cl.ClusterID())
+		if err != nil {
+			continue
+		}
+		images, err := cl.ListImages(ctx)
+		if err != nil {
+			return out, classify(err, "listing the images of backend "+bname)
+		}
+		for _, img := range images {
+			uuid, deletedImg := strings.CutPrefix(img, volumeid.DeletedPrefix)
+			if !deletedImg {
+				var ok bool
+				if uuid, ok = strings.CutPrefix(img, volumeid.ImagePrefix); !ok {
+					continue
+				}
+			}
+			id := volumeid.ID{FSID: fsid, PoolID: cl.PoolID(), UUID: uuid}
+			if known[id.String()] || (!deletedImg && inProgress[uuid]) {
+				continue
+			}
+			f := Finding{Backend: bname, Kind: "orphan-image", Object: img, Detail: "no volume, create in progress or snapshot accounts for it"}
+			if repair {
+				err := cl.RemoveImage(ctx, img)
+				f.Repaired = err == nil
+				if err != nil {
+					f.Detail += "; not removed: " + err.Error()
+				}
+			}
+			out = append(out, f)
+		}
+		for _, v := range vols {
+			if v.Backend != bname {
+				continue
+			}
+			id, err := volumeid.Parse(v.VolumeID)
+			if err != nil {
+				continue
+			}
+			if _, err := cl.StatImage(ctx, id.ImageName()); !errors.Is(err, backend.ErrNotFound) {
+				continue
+			}
+			f := Finding{Backend: bname, Kind: "ghost-volume", Object: v.VolumeID, Detail: "indexed, but its image " + id.ImageName() + " does not exist"}
+			if repair {
+				f.Repaired = reg.UnindexVolume(ctx, v.VolumeID) == nil
+			}
+			out = append(out, f)
+		}
+	}
+	if repair {
+		if _, err := p.Recover(ctx, grace); err != nil {
+			return out, err
+		}
+		for i := range out {
+			if out[i].Kind == "stale-create" {
+				_, err := reg.Reservation(ctx, records.KindVolume, out[i].Object)
+				out[i].Repaired = errors.Is(err, records.ErrNotFound)
+			}
+		}
+	}
+	return out, nil
+}
