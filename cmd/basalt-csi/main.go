@@ -130,6 +130,10 @@ const recoverGrace = 2 * time.Minute
 // wake-ups creates send (work a crash or a down backend left queued).
 const flattenInterval = time.Minute
 
+// sweepInterval is how often the images of deleted volumes are looked at
+// besides the wake-ups deletes send.
+const sweepInterval = 30 * time.Second
+
 // recoverLoop undoes creates interrupted by a crash: once at start (as soon
 // as the registry backend answers) and then every few minutes.
 func recoverLoop(ctx context.Context, prov *provision.Provisioner, log *slog.Logger) {
@@ -204,6 +208,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		go recoverLoop(ctx, prov, log)
 		go prov.RunFlattener(ctx, flattenInterval)
+		go prov.RunSweeper(ctx, sweepInterval)
 	}
 	if o.mode != "controller" {
 		svc, err := newNodeService(o, prov, log)

@@ -34,7 +34,8 @@ func (p *Provisioner) reapDeleted(ctx context.Context, reg *records.Registry, cl
 		removed := err == nil
 		switch {
 		case errors.Is(err, backend.ErrHasSnapshots), errors.Is(err, backend.ErrBusy):
-			return // still needed by a snapshot or a clone
+			p.Log.Info("image of a deleted volume kept: a snapshot or clone still needs it", "image", image, "backend", bname, "reason", err)
+			return
 		case err != nil && !errors.Is(err, backend.ErrNotFound):
 			p.Log.Warn("could not remove the image of a deleted volume; the sweep retries", "image", image, "backend", bname, "error", err)
 			return
@@ -51,7 +52,9 @@ func (p *Provisioner) reapDeleted(ctx context.Context, reg *records.Registry, cl
 }
 
 // SweepDeleted retries reapDeleted for every deleted volume still listed:
-// the net under crashes between a removal and its follow-up.
+// the net under crashes between a removal and its follow-up, and under
+// concurrent deletes (a clone's removal detaches it from its parent while
+// another request already tried the parent).
 func (p *Provisioner) SweepDeleted(ctx context.Context) error {
 	reg, err := p.registry()
 	if err != nil {
@@ -80,6 +83,7 @@ func (p *Provisioner) SweepDeleted(ctx context.Context) error {
 type flattener struct {
 	once    sync.Once
 	kick    chan struct{}
+	sweep   chan struct{} // wakes RunSweeper
 	mu      sync.Mutex
 	running map[string]bool // volume IDs being flattened by this process
 }
@@ -87,6 +91,7 @@ type flattener struct {
 func (f *flattener) init() {
 	f.once.Do(func() {
 		f.kick = make(chan struct{}, 1)
+		f.sweep = make(chan struct{}, 1)
 		f.running = map[string]bool{}
 	})
 }
@@ -97,6 +102,38 @@ func (p *Provisioner) kickFlattener() {
 	select {
 	case p.flat.kick <- struct{}{}:
 	default:
+	}
+}
+
+// kickSweeper asks RunSweeper for a pass soon (deletes call it).
+func (p *Provisioner) kickSweeper() {
+	p.flat.init()
+	select {
+	case p.flat.sweep <- struct{}{}:
+	default:
+	}
+}
+
+// RunSweeper removes the images of deleted volumes that nothing needs any
+// more: a second after deletes ask for it (so concurrent deletes have
+// settled), and every interval.
+func (p *Provisioner) RunSweeper(ctx context.Context, interval time.Duration) {
+	p.flat.init()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.flat.sweep:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		case <-time.After(interval):
+		}
+		if err := p.SweepDeleted(ctx); err != nil {
+			p.Log.Warn("sweep of deleted volumes postponed", "error", err)
+		}
 	}
 }
 

@@ -120,6 +120,7 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	}
 	// Its parent may be a deleted volume's image that only it still needed.
 	p.reapDeleted(ctx, reg, cl, bname, usage.Parent)
+	p.kickSweeper()
 	log.Info("volume deleted", "backend", bname, "image", image)
 	return nil
 }

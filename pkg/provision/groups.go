@@ -239,6 +239,7 @@ func (p *Provisioner) DeleteGroupSnapshot(ctx context.Context, id string, snapsh
 			}
 		}
 	}
+	p.kickSweeper()
 	p.Log.Info("group snapshot deleted", "groupSnapshot", id)
 	return nil
 }

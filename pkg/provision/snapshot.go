@@ -137,6 +137,7 @@ func (p *Provisioner) DeleteSnapshot(ctx context.Context, snapshotID string) err
 		}
 	}
 	p.reapDeleted(ctx, reg, cl, bname, sid.Volume.DeletedImageName())
+	p.kickSweeper()
 	log.Info("snapshot deleted")
 	return nil
 }
