@@ -110,9 +110,9 @@ type Cluster interface {
 	RenameImage(ctx context.Context, from, to string) error
 
 	// CreateSnapshot takes snapshot snap of image and returns the image's
-	// size at that point; an existing snap is success. ErrSnapshotLimit when
-	// the image already has limit snapshots (0 = no limit).
-	CreateSnapshot(ctx context.Context, image, snap string, limit int) (uint64, error)
+	// size at that point and its metadata; an existing snap is success.
+	// ErrSnapshotLimit when the image already has limit snapshots (0 = no limit).
+	CreateSnapshot(ctx context.Context, image, snap string, limit int) (ImageInfo, error)
 	// RemoveSnapshot removes snap of image; absent is success.
 	RemoveSnapshot(ctx context.Context, image, snap string) error
 	// CloneDepth is the number of parents above image (0 = not a clone).

@@ -14,32 +14,38 @@ import (
 
 // CreateSnapshot implements backend.Cluster. Counting and creating happen in
 // one open of the image; an existing snapshot of that name is success.
-func (c *Conn) CreateSnapshot(ctx context.Context, image, snap string, limit int) (uint64, error) {
-	var size uint64
+func (c *Conn) CreateSnapshot(ctx context.Context, image, snap string, limit int) (backend.ImageInfo, error) {
+	var info backend.ImageInfo
 	err := c.withImage(ctx, "snapshotting", image, false, func(img *rbd.Image) error {
+		md, err := img.ListMetadata()
+		if err != nil {
+			return err
+		}
 		snaps, err := img.GetSnapshotNames()
 		if err != nil {
 			return err
 		}
 		for _, s := range snaps {
 			if s.Name == snap {
-				size = s.Size
+				info = backend.ImageInfo{SizeBytes: s.Size, Metadata: md}
 				return nil
 			}
 		}
 		if limit > 0 && len(snaps) >= limit {
 			return fmt.Errorf("%w: the image has %d snapshots, the configured maximum is %d", backend.ErrSnapshotLimit, len(snaps), limit)
 		}
-		if size, err = img.GetSize(); err != nil {
+		size, err := img.GetSize()
+		if err != nil {
 			return err
 		}
+		info = backend.ImageInfo{SizeBytes: size, Metadata: md}
 		_, err = img.CreateSnapshot(snap)
 		return err
 	})
 	if err != nil {
-		return 0, err // size may still be written by an abandoned call
+		return backend.ImageInfo{}, err // info may still be written by an abandoned call
 	}
-	return size, nil
+	return info, nil
 }
 
 // RemoveSnapshot implements backend.Cluster. A snapshot with (format 2)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,6 +27,10 @@ const (
 	MetaPVCName      = "basalt.pvc-name"
 	MetaPVCNamespace = "basalt.pvc-namespace"
 	MetaPVName       = "basalt.pv-name"
+	// MetaDepth is the volume's clone depth (1 for a golden-image clone),
+	// written at create and reset by a flatten, so that a restore or clone
+	// knows how deep it lands without opening every image up the chain.
+	MetaDepth = "basalt.depth"
 )
 
 // Request is a validated CreateVolume.
@@ -394,21 +399,38 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 		}
 	}
 	meta[MetaSourceMethod] = method
+	switch {
+	case method == "clone" && o.depth != 0:
+		meta[MetaDepth] = strconv.Itoa(max(o.depth, 0) + 1)
+	case method == "clone" && !o.chained:
+		meta[MetaDepth] = "1" // a golden image's clone
+	case method != "clone":
+		meta[MetaDepth] = "0" // a copy or a blank volume has no parent
+	}
 
 	makeImage := flow.Step{
 		Name: method + " image",
 		Do: func(ctx context.Context) error {
-			switch method {
-			case "clone":
-				return cl.Clone(ctx, spec, image)
-			case "copy":
-				src := pickSource(o.sources)
-				if src == nil {
-					return fmt.Errorf("%s is in no reachable cluster", o.label)
+			if method == "blank" {
+				return cl.CreateImage(ctx, image, size)
+			}
+			src := pickSource(o.sources)
+			if src == nil {
+				return fmt.Errorf("%s is in no reachable cluster", o.label)
+			}
+			do := func() error {
+				if method == "clone" {
+					return cl.Clone(ctx, spec, image)
 				}
 				return cl.CopyFrom(ctx, src, spec, image)
 			}
-			return cl.CreateImage(ctx, image, size)
+			err := do()
+			if errors.Is(err, backend.ErrNotFound) && o.altImage != "" {
+				// The snapshot's volume was deleted: its image was set aside.
+				spec.Image = o.altImage
+				err = do()
+			}
+			return err
 		},
 		Undo: func(ctx context.Context) error { return cl.RemoveImage(ctx, image) },
 	}
@@ -423,8 +445,8 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 		},
 	}, o.around(makeImage, spec)...)
 	steps = append(steps, []flow.Step{
+		p.flattenStep(reg, cl, o, meta, bname, image, id.String()),
 		{Name: "resize and write metadata", Do: func(ctx context.Context) error { return cl.Finish(ctx, image, size, meta) }},
-		p.flattenStep(reg, cl, o, bname, image, id.String()),
 		{
 			Name: "index volume",
 			Do: func(ctx context.Context) error {
@@ -451,6 +473,9 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 		return Volume{}, err
 	}
 	p.Backends.Scheduler().Settle(bname, size)
+	if o.chained {
+		p.kickFlattener() // in case this create queued a flatten
+	}
 	log.Info("volume created", "volume", id.String(), "backend", bname, "method", method, "size", size)
 	return Volume{ID: id, Backend: bname, Zone: bcfg.Zone, SizeBytes: size, Source: meta[MetaSource]}, nil
 }

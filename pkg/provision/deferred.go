@@ -222,6 +222,13 @@ func (p *Provisioner) flattenOne(ctx context.Context, reg *records.Registry, vol
 			return
 		}
 	}
+	// A flat volume's clones are depth 1: record it (best effort; a stale
+	// depth only makes a later clone flatten sooner).
+	if info, err := cl.StatImage(ctx, id.ImageName()); err == nil {
+		if err := cl.Finish(ctx, id.ImageName(), info.SizeBytes, map[string]string{MetaDepth: "0"}); err != nil {
+			log.Warn("could not record the flattened depth", "error", err)
+		}
+	}
 	if err := reg.FlattenDone(ctx, volumeID); err != nil {
 		log.Warn("flattened, but could not dequeue; it is retried (a no-op)", "error", err)
 		return

@@ -74,3 +74,15 @@ func TestClassifyConflictIsAborted(t *testing.T) {
 		t.Fatalf("classify(conflict) = %v, want Aborted", err)
 	}
 }
+
+func TestDepthOf(t *testing.T) {
+	for md, want := range map[string]int{"": 0, "x": 0, "-2": 0, "0": -1, "1": 1, "7": 7} {
+		m := map[string]string{}
+		if md != "" {
+			m[MetaDepth] = md
+		}
+		if got := depthOf(m); got != want {
+			t.Errorf("depthOf(%q) = %d, want %d", md, got, want)
+		}
+	}
+}

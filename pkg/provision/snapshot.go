@@ -64,14 +64,15 @@ func (p *Provisioner) CreateSnapshot(ctx context.Context, req SnapshotRequest) (
 		flow.Step{
 			Name: "snapshot the image",
 			Do: func(ctx context.Context) error {
-				size, err := cl.CreateSnapshot(ctx, vid.ImageName(), sid.SnapName(), limit)
+				info, err := cl.CreateSnapshot(ctx, vid.ImageName(), sid.SnapName(), limit)
 				switch {
 				case errors.Is(err, backend.ErrNotFound):
 					return errorf(NotFound, err, "source volume %s does not exist", req.SourceVolumeID)
 				case errors.Is(err, backend.ErrSnapshotLimit):
 					return errorf(ResourceExhausted, err, "volume %s already has %d snapshots, the most this driver allows (maxSnapshotsPerImage); delete some first", req.SourceVolumeID, limit)
 				}
-				entry.SizeBytes, entry.Created = size, time.Now().UTC()
+				entry.SizeBytes, entry.Created = info.SizeBytes, time.Now().UTC()
+				entry.Depth = depthOf(info.Metadata)
 				return err
 			},
 			Undo: func(ctx context.Context) error { return cl.RemoveSnapshot(ctx, vid.ImageName(), sid.SnapName()) },

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"strconv"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/flow"
@@ -26,6 +27,24 @@ type origin struct {
 	// chained: a restore or a clone may deepen a clone chain past
 	// maxCloneDepth; golden-image clones are depth 1 and never do.
 	chained bool
+	// depth is the origin's recorded clone depth: 0 unknown (the new
+	// volume's is then measured), -1 flat, n > 0 n parents.
+	depth int
+	// altImage is where the origin's image is once its volume was deleted
+	// (set aside for its snapshots): tried when spec.Image is not found.
+	altImage string
+}
+
+// depthOf reads a volume's recorded clone depth as origin.depth counts it.
+func depthOf(md map[string]string) int {
+	d, err := strconv.Atoi(md[MetaDepth])
+	switch {
+	case err != nil || d < 0:
+		return 0
+	case d == 0:
+		return -1
+	}
+	return d
 }
 
 type volumeSource struct {
@@ -101,6 +120,7 @@ func (p *Provisioner) resolveSource(ctx context.Context, reg *records.Registry, 
 		label:    cs.String(),
 		volume:   &volumeSource{cl: cl, id: id},
 		chained:  true,
+		depth:    depthOf(info.Metadata),
 	}, nil
 }
 
@@ -120,20 +140,18 @@ func (p *Provisioner) snapshotOrigin(ctx context.Context, reg *records.Registry,
 	if err != nil {
 		return origin{}, err
 	}
-	image, err := snapshotImage(ctx, cl, sid.Volume)
-	if err != nil {
-		return origin{}, classify(err, "finding the image of snapshot "+snapshotID)
-	}
+	image := sid.Volume.ImageName()
 	_, bcfg, _ := p.Backends.Get(bname)
 	if entry.GroupSnapshotID != "" {
 		// A group snapshot's member has only an ID, and Pacific's librbd
 		// clones by snapshot name: its restores are sparse copies.
 		gid, _ := volumeid.ParseGroupSnapshot(entry.GroupSnapshotID)
 		return origin{
-			spec:    &backend.ImageSpec{Pool: bcfg.Pool, Image: image, GroupSnap: gid.GroupName() + "@" + volumeid.GroupSnapName},
-			sources: map[string]backend.Cluster{cl.ClusterID(): cl},
-			size:    entry.SizeBytes,
-			label:   "snapshot " + snapshotID,
+			spec:     &backend.ImageSpec{Pool: bcfg.Pool, Image: image, GroupSnap: gid.GroupName() + "@" + volumeid.GroupSnapName},
+			sources:  map[string]backend.Cluster{cl.ClusterID(): cl},
+			size:     entry.SizeBytes,
+			label:    "snapshot " + snapshotID,
+			altImage: sid.Volume.DeletedImageName(),
 		}, nil
 	}
 	return origin{
@@ -143,17 +161,9 @@ func (p *Provisioner) snapshotOrigin(ctx context.Context, reg *records.Registry,
 		size:     entry.SizeBytes,
 		label:    "snapshot " + snapshotID,
 		chained:  true,
+		depth:    entry.Depth,
+		altImage: sid.Volume.DeletedImageName(),
 	}, nil
-}
-
-// snapshotImage is the image holding a volume's snapshots: the volume's own,
-// or its renamed image once the volume was deleted.
-func snapshotImage(ctx context.Context, cl backend.Cluster, v volumeid.ID) (string, error) {
-	_, err := cl.StatImage(ctx, v.ImageName())
-	if errors.Is(err, backend.ErrNotFound) {
-		return v.DeletedImageName(), nil
-	}
-	return v.ImageName(), err
 }
 
 // around wraps the step that clones or copies the origin: a volume origin
@@ -191,26 +201,34 @@ func (o origin) around(makeImage flow.Step, spec backend.ImageSpec) []flow.Step 
 // flattenStep queues the new volume for a background flatten when its clone
 // chain is deeper than maxCloneDepth (Cinder's rbd_max_clone_depth). The
 // create does not wait for the flatten.
-func (p *Provisioner) flattenStep(reg *records.Registry, cl backend.Cluster, o origin, bname, image, volumeID string) flow.Step {
+func (p *Provisioner) flattenStep(reg *records.Registry, cl backend.Cluster, o origin, meta map[string]string, bname, image, volumeID string) flow.Step {
 	return flow.Step{
 		Name: "check the clone depth",
 		Do: func(ctx context.Context) error {
-			if !o.chained {
+			if !o.chained || !local(meta) {
 				return nil
 			}
-			depth, err := cl.CloneDepth(ctx, image)
+			// The recorded depth saves opening every image up the chain;
+			// volumes from before it was recorded are measured.
+			depth, err := strconv.Atoi(meta[MetaDepth])
 			if err != nil {
-				return err
+				if depth, err = cl.CloneDepth(ctx, image); err != nil {
+					return err
+				}
+				meta[MetaDepth] = strconv.Itoa(depth) // recorded by the next step
 			}
 			if limit := p.Backends.Config().MaxCloneDepth; depth > limit {
 				p.Log.Info("clone chain deeper than maxCloneDepth: flattening in the background", "volume", volumeID, "depth", depth, "maxCloneDepth", limit)
 				if err := reg.QueueFlatten(ctx, volumeID, bname); err != nil {
 					return err
 				}
-				p.kickFlattener()
+				// The flattener is woken once the create is done.
 			}
 			return nil
 		},
 		Undo: func(ctx context.Context) error { return reg.FlattenDone(ctx, volumeID) },
 	}
 }
+
+// local reports whether a new volume's metadata says it is a clone.
+func local(meta map[string]string) bool { return meta[MetaSourceMethod] == "clone" }

@@ -56,6 +56,9 @@ type SnapshotEntry struct {
 	Backend        string    `json:"backend"`
 	SizeBytes      uint64    `json:"sizeBytes"`
 	Created        time.Time `json:"created"`
+	// Depth is the clone depth of the volume when the snapshot was taken
+	// (0: not recorded); a restore is one deeper.
+	Depth int `json:"depth,omitempty"`
 	// GroupSnapshotID is set for the members of a volume group snapshot.
 	GroupSnapshotID string `json:"groupSnapshotID,omitempty"`
 }
