@@ -194,20 +194,11 @@ func (b *bench) find(op, impl string, c int) *row {
 func boolp(v bool) *bool { return &v }
 
 func (b *bench) targets() []target {
-	var ts []target
-	t := target{Name: "CreateVolume p50, concurrency 1", Goal: "<= 1.5x raw librbd"}
-	if r := b.find("CreateVolume", implBasalt, 1); r != nil && r.RatioP50 != nil {
-		t.Value = fmt.Sprintf("%.3fx (%s ms vs %s ms)", *r.RatioP50, fmtMs(r.P50Ms), fmtMs(b.find("CreateVolume", implBaseline, 1).P50Ms))
-		t.Met = boolp(*r.RatioP50 <= 1.5)
+	ts := []target{
+		b.p50Target("CreateVolume p50, concurrency 1", "<= 1.5x raw librbd", "CreateVolume", 1.5),
+		b.opsTarget("CreateVolume throughput, concurrency 8", ">= 0.8x raw librbd", "CreateVolume", 0.8),
 	}
-	ts = append(ts, t)
-	t = target{Name: "CreateVolume throughput, concurrency 8", Goal: ">= 0.8x raw librbd"}
-	if r := b.find("CreateVolume", implBasalt, 8); r != nil && r.RatioOps != nil {
-		t.Value = fmt.Sprintf("%.3fx (%.1f vs %.1f ops/s)", *r.RatioOps, r.OpsPerSec, b.find("CreateVolume", implBaseline, 8).OpsPerSec)
-		t.Met = boolp(*r.RatioOps >= 0.8)
-	}
-	ts = append(ts, t)
-	t = target{Name: "errors", Goal: "0 at every concurrency (Basalt rows)"}
+	t := target{Name: "errors", Goal: "0 at every concurrency (Basalt rows)"}
 	if len(b.rows) > 0 {
 		n, where := 0, []string{}
 		for _, r := range b.rows {
@@ -223,30 +214,12 @@ func (b *bench) targets() []target {
 		t.Met = boolp(n == 0)
 	}
 	ts = append(ts, t)
-	t = target{Name: "CreateSnapshot p50", Goal: "<= 1.5x raw rbd_snap_create"}
-	if r := b.find("CreateSnapshot", implBasalt, 1); r != nil && r.RatioP50 != nil {
-		t.Value = fmt.Sprintf("%.3fx (%s ms vs %s ms)", *r.RatioP50, fmtMs(r.P50Ms), fmtMs(b.find("CreateSnapshot", implBaseline, 1).P50Ms))
-		t.Met = boolp(*r.RatioP50 <= 1.5)
-	}
-	ts = append(ts, t)
-	t = target{Name: "Restore p50, concurrency 1", Goal: "<= 1.3x raw clone + resize"}
-	if r := b.find("Restore snapshot", implBasalt, 1); r != nil && r.RatioP50 != nil {
-		t.Value = fmt.Sprintf("%.3fx (%s ms vs %s ms)", *r.RatioP50, fmtMs(r.P50Ms), fmtMs(b.find("Restore snapshot", implBaseline, 1).P50Ms))
-		t.Met = boolp(*r.RatioP50 <= 1.3)
-	}
-	ts = append(ts, t)
-	t = target{Name: "Restore throughput, concurrency 8", Goal: ">= 0.8x raw clone + resize"}
-	if r := b.find("Restore snapshot", implBasalt, 8); r != nil && r.RatioOps != nil {
-		t.Value = fmt.Sprintf("%.3fx (%.1f vs %.1f ops/s)", *r.RatioOps, r.OpsPerSec, b.find("Restore snapshot", implBaseline, 8).OpsPerSec)
-		t.Met = boolp(*r.RatioOps >= 0.8)
-	}
-	ts = append(ts, t)
-	t = target{Name: "NodeStage+NodePublish p50", Goal: "<= 1.2x shell baseline"}
-	if r := b.find("NodeStage+NodePublish", implBasalt, 1); r != nil && r.RatioP50 != nil {
-		t.Value = fmt.Sprintf("%.3fx (%s ms vs %s ms)", *r.RatioP50, fmtMs(r.P50Ms), fmtMs(b.find("NodeStage+NodePublish", implBaseline, 1).P50Ms))
-		t.Met = boolp(*r.RatioP50 <= 1.2)
-	}
-	ts = append(ts, t)
+	ts = append(ts,
+		b.p50Target("CreateSnapshot p50", "<= 1.5x raw rbd_snap_create", "CreateSnapshot", 1.5),
+		b.p50Target("Restore p50, concurrency 1", "<= 1.3x raw clone + resize", "Restore snapshot", 1.3),
+		b.opsTarget("Restore throughput, concurrency 8", ">= 0.8x raw clone + resize", "Restore snapshot", 0.8),
+		b.p50Target("NodeStage+NodePublish p50", "<= 1.2x shell baseline", "NodeStage+NodePublish", 1.2),
+	)
 	t = target{Name: "RSS idle", Goal: "< 60 MiB"}
 	if b.memory.IdleRSSKiB > 0 {
 		t.Value = fmt.Sprintf("%.1f MiB", kibToMiB(b.memory.IdleRSSKiB))
@@ -254,6 +227,26 @@ func (b *bench) targets() []target {
 	}
 	ts = append(ts, t)
 	return ts
+}
+
+// p50Target: Basalt's p50 at concurrency 1 at most limit times the baseline's.
+func (b *bench) p50Target(name, goal, op string, limit float64) target {
+	t := target{Name: name, Goal: goal}
+	if r := b.find(op, implBasalt, 1); r != nil && r.RatioP50 != nil {
+		t.Value = fmt.Sprintf("%.3fx (%s ms vs %s ms)", *r.RatioP50, fmtMs(r.P50Ms), fmtMs(b.find(op, implBaseline, 1).P50Ms))
+		t.Met = boolp(*r.RatioP50 <= limit)
+	}
+	return t
+}
+
+// opsTarget: Basalt's throughput at concurrency 8 at least floor times the baseline's.
+func (b *bench) opsTarget(name, goal, op string, floor float64) target {
+	t := target{Name: name, Goal: goal}
+	if r := b.find(op, implBasalt, 8); r != nil && r.RatioOps != nil {
+		t.Value = fmt.Sprintf("%.3fx (%.1f vs %.1f ops/s)", *r.RatioOps, r.OpsPerSec, b.find(op, implBaseline, 8).OpsPerSec)
+		t.Met = boolp(*r.RatioOps >= floor)
+	}
+	return t
 }
 
 func printTable(w io.Writer, res *results) {

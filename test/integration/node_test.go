@@ -474,11 +474,18 @@ func TestNodeKilledAfterMapLeavesNothing(t *testing.T) {
 		t.Fatalf("left on the node after unstage: %v\n%s", left, n.log)
 	}
 	unpublish(t, d.ctrl, vol, "node-crash")
+	deleteEventually(t, d, vol)
+}
+
+// deleteEventually deletes vol as a CO would, retrying while a killed
+// rbd-fuse's watch on the image expires (~30 s).
+func deleteEventually(t *testing.T, d *testDriver, vol string) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		_, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol})
+		_, err := d.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: vol})
 		if err == nil {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("delete after the node cleaned up: %v", err)
@@ -516,15 +523,5 @@ func TestNodeHealingDoesNotResurrectUnwantedVolumes(t *testing.T) {
 	if left := n.leftovers(t, staging); len(left) > 0 {
 		t.Fatalf("left on the node: %v", left)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		_, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("delete: %v", err)
-		}
-		time.Sleep(time.Second)
-	}
+	deleteEventually(t, d, vol)
 }
