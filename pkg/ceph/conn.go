@@ -185,6 +185,8 @@ func translate(err error) error {
 		return fmt.Errorf("%w: %v", backend.ErrBusy, err)
 	case isErrno(err, 39): // ENOTEMPTY
 		return fmt.Errorf("%w: %v", backend.ErrHasSnapshots, err)
+	case isErrno(err, 110): // ETIMEDOUT: rados_osd_op_timeout or rados_mon_op_timeout fired
+		return fmt.Errorf("%w: the cluster did not answer in time: %v", backend.ErrDown, err)
 	}
 	return err
 }

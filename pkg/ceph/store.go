@@ -54,6 +54,8 @@ func inRecords[T any](ctx context.Context, c *Conn, what, oid string, f func(*ra
 		err = fmt.Errorf("%w: %v", records.ErrConflict, err)
 	case isErrno(err, 34): // ERANGE: version assertion failed (older)
 		err = fmt.Errorf("%w: %v", records.ErrConflict, err)
+	default:
+		err = translate(err) // ETIMEDOUT and the image errors
 	}
 	var zero T
 	return zero, err

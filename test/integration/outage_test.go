@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/ceph"
@@ -185,6 +187,138 @@ statsIntervalSeconds: 60
 	wantCode(t, err, codes.Unavailable, "dead")
 	// Nothing was reserved by the refused creates.
 	if p, _ := registry(t, d).Pending(ctx, records.KindVolume, 10); len(p) != 0 {
+		t.Fatalf("pending creates left: %v", p)
+	}
+}
+
+// retryable are the answers a CO retries without giving up on the volume.
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.OK, codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+		return true
+	}
+	return false
+}
+
+// A load of creates, snapshots and deletes while the OSD of the backend's
+// cluster is stalled (SIGSTOP) for longer than the Ceph timeout: no crash,
+// every answer is a success or a retryable code, the CO's retries after
+// the stall succeed, and once everything is deleted nothing is left.
+func TestOutageUnderLoad(t *testing.T) {
+	d := startDriver(t, strings.Replace(configYAML(), "cephTimeoutSeconds: 20", "cephTimeoutSeconds: 3", 1), nil)
+	pin := map[string]string{"image": golden, "backend": "a-std"}
+	type op struct {
+		name string
+		run  func(ctx context.Context) error
+	}
+	var mu sync.Mutex
+	volumes := map[string]string{} // name -> volume ID
+	snaps := map[string]string{}   // name -> snapshot ID
+	create := func(name string) op {
+		return op{"create " + name, func(ctx context.Context) error {
+			r, err := d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: mountCap(), Parameters: pin})
+			if err == nil {
+				mu.Lock()
+				volumes[name] = r.GetVolume().GetVolumeId()
+				mu.Unlock()
+			}
+			return err
+		}}
+	}
+	snapshot := func(name, vol string) op {
+		return op{"snapshot " + name, func(ctx context.Context) error {
+			r, err := d.ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: vol})
+			if err == nil {
+				mu.Lock()
+				snaps[name] = r.GetSnapshot().GetSnapshotId()
+				mu.Unlock()
+			}
+			return err
+		}}
+	}
+	// A base volume for the snapshots, made before the stall.
+	if err := create("load-base").run(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	var ops []op
+	for i := 0; i < 12; i++ {
+		ops = append(ops, create(fmt.Sprintf("load-%d", i)))
+		if i%3 == 0 {
+			ops = append(ops, snapshot(fmt.Sprintf("load-snap-%d", i), volumes["load-base"]))
+		}
+	}
+	failed := make([]bool, len(ops))
+	var wg sync.WaitGroup
+	paused := make(chan struct{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		pause(t, c1, "osd")
+		close(paused)
+		time.Sleep(8 * time.Second)
+		resume(t, c1, "osd")
+	}()
+	t.Cleanup(func() { _, _ = script(context.Background(), "ceph-cluster.sh", "resume", c1.Name, "osd") })
+	for i, o := range ops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 1 {
+				<-paused // half of them start inside the stall
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := o.run(ctx); err != nil {
+				if !retryable(err) {
+					t.Errorf("%s during the stall: %v (not retryable)", o.name, err)
+				}
+				failed[i] = true
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(9 * time.Second) // the stall is over
+	nFailed := 0
+	for i, o := range ops {
+		if !failed[i] {
+			continue
+		}
+		nFailed++
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			err := o.run(tctx(t))
+			if err == nil {
+				break
+			}
+			if !retryable(err) || time.Now().After(deadline) {
+				t.Fatalf("retry of %s after the stall: %v", o.name, err)
+			}
+			time.Sleep(2 * time.Second)
+		}
+	}
+	t.Logf("%d of %d operations failed during the stall, all retried successfully", nFailed, len(ops))
+	if _, err := d.ids.Probe(tctx(t), &csi.ProbeRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range snaps {
+		delSnap(t, d, id)
+	}
+	for _, id := range volumes {
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			_, err := d.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: id})
+			if err == nil {
+				break
+			}
+			if !retryable(err) && status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline) {
+				t.Fatalf("delete %s: %v", id, err)
+			}
+			time.Sleep(2 * time.Second)
+		}
+	}
+	if left := leftovers(t, d, c1, "volumes"); len(left) > 0 {
+		t.Fatalf("left behind after the outage: %v", left)
+	}
+	if p, _ := registry(t, d).Pending(tctx(t), records.KindVolume, 100); len(p) > 0 {
 		t.Fatalf("pending creates left: %v", p)
 	}
 }
