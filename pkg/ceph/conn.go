@@ -179,7 +179,8 @@ func translate(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, rbd.ErrNotFound), errors.Is(err, rados.ErrNotFound):
+	case errors.Is(err, rbd.ErrNotFound), errors.Is(err, rados.ErrNotFound),
+		isErrno(err, 116): // ESTALE: removed concurrently (another controller's delete)
 		return fmt.Errorf("%w: %v", backend.ErrNotFound, err)
 	case errors.Is(err, rbd.ErrImageIsOpen), isErrno(err, 16): // EBUSY
 		return fmt.Errorf("%w: %v", backend.ErrBusy, err)

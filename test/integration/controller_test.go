@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -578,4 +579,78 @@ func TestSecondControllerDoesNotResumeALiveCreate(t *testing.T) {
 		t.Fatalf("images: %v, want only the taken-over volume's", imgs)
 	}
 	del(t, b, resp.GetVolume().GetVolumeId())
+}
+
+// Two controllers serve the same backends and get a burst of creates and
+// deletes of overlapping names (each name through both): every name ends
+// with exactly one volume both agree on, deletes through either succeed,
+// and nothing is left.
+func TestTwoControllersBurst(t *testing.T) {
+	a := startDriver(t, configYAML(), nil)
+	b := startDriver(t, configYAML(), nil)
+	a.prov.Instance, b.prov.Instance = "controller@a", "controller@b"
+	ctrls := []*testDriver{a, b}
+	const n = 8
+	ids := make([][2]string, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		for j, d := range ctrls {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				req := &csi.CreateVolumeRequest{Name: fmt.Sprintf("pvc-two-burst-%d", i), VolumeCapabilities: mountCap(),
+					Parameters: map[string]string{"image": golden}, AccessibilityRequirements: zoneReq("zone-a")}
+				deadline := time.Now().Add(90 * time.Second)
+				for {
+					resp, err := d.ctrl.CreateVolume(tctx(t), req)
+					if err == nil {
+						ids[i][j] = resp.GetVolume().GetVolumeId()
+						return
+					}
+					if c := status.Code(err); (c != codes.Aborted && c != codes.Unavailable) || time.Now().After(deadline) {
+						t.Errorf("create %s through controller %d: %v", req.Name, j, err)
+						return
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for i, pair := range ids {
+		if pair[0] == "" || pair[0] != pair[1] {
+			t.Fatalf("name %d: the controllers answered %q and %q", i, pair[0], pair[1])
+		}
+	}
+	if imgs := append(c1.images(t, "volumes"), c1.images(t, "fast")...); len(imgs) != n {
+		t.Fatalf("%d images for %d names: %v", len(imgs), n, imgs)
+	}
+	for i := range ids {
+		for _, d := range ctrls {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// The other controller's delete may have the image open:
+				// "in use" (FailedPrecondition) or Aborted, and the CO retries.
+				if _, err := d.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: ids[i][0]}); err != nil &&
+					status.Code(err) != codes.Aborted && status.Code(err) != codes.FailedPrecondition {
+					t.Errorf("delete %s: %v", ids[i][0], err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for i := range ids {
+		del(t, a, ids[i][0]) // settles any delete that answered Aborted
+	}
+	left := append(c1.images(t, "volumes"), c1.images(t, "fast")...)
+	if vols, _, _ := registry(t, a).Volumes(tctx(t), "", 100); len(vols) > 0 {
+		left = append(left, fmt.Sprint(vols))
+	}
+	if p, _ := registry(t, a).Pending(tctx(t), records.KindVolume, 100); len(p) > 0 {
+		left = append(left, fmt.Sprint(p))
+	}
+	if len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
 }
