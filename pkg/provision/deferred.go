@@ -34,7 +34,8 @@ func (p *Provisioner) reapDeleted(ctx context.Context, reg *records.Registry, cl
 		removed := err == nil
 		switch {
 		case errors.Is(err, backend.ErrHasSnapshots), errors.Is(err, backend.ErrBusy):
-			p.Log.Info("image of a deleted volume kept: a snapshot or clone still needs it", "image", image, "backend", bname, "reason", err)
+			// Debug: the sweeper passes by every 30 s while snapshots live.
+			p.Log.Debug("image of a deleted volume kept: a snapshot or clone still needs it", "image", image, "backend", bname, "reason", err)
 			return
 		case err != nil && !errors.Is(err, backend.ErrNotFound):
 			p.Log.Warn("could not remove the image of a deleted volume; the sweep retries", "image", image, "backend", bname, "error", err)
