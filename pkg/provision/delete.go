@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/failpoint"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
@@ -96,6 +97,9 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	case err != nil:
 		return classify(err, "removing the image of "+volumeID)
 	}
+	if err := failpoint.Hit("delete/after-remove"); err != nil {
+		return classify(err, "deleting "+volumeID)
+	}
 	if ierr == nil {
 		if err := reg.Release(ctx, records.KindVolume, entry.Name, id.UUID); err != nil {
 			return classify(err, "releasing the name reservation")
@@ -104,6 +108,9 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 			return classify(err, "unindexing the volume")
 		}
 		p.Backends.Scheduler().Release(bname, entry.SizeBytes)
+	}
+	if err := failpoint.Hit("delete/after-unindex"); err != nil {
+		return classify(err, "deleting "+volumeID)
 	}
 	if err := reg.DeleteAttachments(ctx, id.UUID); err != nil {
 		return classify(err, "removing the (empty) attachment record")

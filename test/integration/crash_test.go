@@ -99,6 +99,37 @@ func TestCrashMatrix(t *testing.T) {
 			}
 		}
 	}
+	// DeleteVolume killed after the image went (or was set aside for a
+	// snapshot) and after the records went: the retry finishes the job.
+	for _, point := range []string{"delete/after-remove", "delete/after-unindex"} {
+		for _, withSnapshot := range []bool{false, true} {
+			n++
+			r, err := last.ctrl.CreateVolume(opCtx(t), &csi.CreateVolumeRequest{Name: fmt.Sprintf("crash-del-%d", n), VolumeCapabilities: mountCap(), Parameters: pin})
+			if err != nil {
+				t.Fatal(err)
+			}
+			vol := r.GetVolume().GetVolumeId()
+			var snapID string
+			if withSnapshot {
+				s, err := last.ctrl.CreateSnapshot(opCtx(t), &csi.CreateSnapshotRequest{Name: fmt.Sprintf("crash-del-snap-%d", n), SourceVolumeId: vol})
+				if err != nil {
+					t.Fatal(err)
+				}
+				snapID = s.GetSnapshot().GetSnapshotId()
+			}
+			_ = last.cmd.Process.Kill() // the next process must start with its failpoint armed
+			_ = last.cmd.Wait()
+			last = crashAt(t, point, func(ctx context.Context, p *proc) error {
+				_, err := p.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol})
+				return err
+			})
+			if snapID != "" {
+				if _, err := last.ctrl.DeleteSnapshot(opCtx(t), &csi.DeleteSnapshotRequest{SnapshotId: snapID}); err != nil {
+					t.Fatalf("%s: delete snapshot: %v", point, err)
+				}
+			}
+		}
+	}
 	ctx = opCtx(t)
 	if _, err := last.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapResp.GetSnapshot().GetSnapshotId()}); err != nil {
 		t.Fatal(err)
