@@ -118,11 +118,7 @@ func nodeAttachKey(node, volumeID string) string { return node + "/" + volumeID 
 
 // IndexAttachment records r under its node.
 func (g *Registry) IndexAttachment(ctx context.Context, r AttachmentRecord) error {
-	data, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	return g.Store.IndexSet(ctx, nodeAttachIndexOID, map[string][]byte{nodeAttachKey(r.Node, r.VolumeID): data})
+	return indexPut(ctx, g.Store, nodeAttachIndexOID, nodeAttachKey(r.Node, r.VolumeID), r)
 }
 
 // UnindexAttachment drops the node index entry of volumeID on node.

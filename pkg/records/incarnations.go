@@ -2,7 +2,6 @@ package records
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 )
 
@@ -22,9 +21,5 @@ func (g *Registry) Incarnation(ctx context.Context, identity string) (map[string
 
 // SaveIncarnation records this incarnation's client addresses.
 func (g *Registry) SaveIncarnation(ctx context.Context, identity string, addrs map[string]string) error {
-	data, err := json.Marshal(addrs)
-	if err != nil {
-		return err
-	}
-	return g.Store.IndexSet(ctx, incarnationsOID, map[string][]byte{identity: data})
+	return indexPut(ctx, g.Store, incarnationsOID, identity, addrs)
 }

@@ -29,11 +29,7 @@ func (g *Registry) RegisterNode(ctx context.Context, n Node) error {
 	if n.Registered.IsZero() {
 		n.Registered = n.LastSeen
 	}
-	data, err := json.Marshal(n)
-	if err != nil {
-		return err
-	}
-	return g.Store.IndexSet(ctx, nodesIndexOID, map[string][]byte{n.ID: data})
+	return indexPut(ctx, g.Store, nodesIndexOID, n.ID, n)
 }
 
 // Node returns a node's record, or ErrNotFound.

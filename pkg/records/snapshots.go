@@ -2,7 +2,6 @@ package records
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 )
 
@@ -31,11 +30,7 @@ type GroupEntry struct {
 
 // IndexGroup adds a group snapshot to the index.
 func (g *Registry) IndexGroup(ctx context.Context, e GroupEntry) error {
-	data, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	return g.Store.IndexSet(ctx, groupIndexOID, map[string][]byte{e.GroupSnapshotID: data})
+	return indexPut(ctx, g.Store, groupIndexOID, e.GroupSnapshotID, e)
 }
 
 // UnindexGroup removes a group snapshot from the index.
@@ -65,11 +60,7 @@ type SnapshotEntry struct {
 
 // IndexSnapshot adds a snapshot to the index.
 func (g *Registry) IndexSnapshot(ctx context.Context, e SnapshotEntry) error {
-	data, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	return g.Store.IndexSet(ctx, snapshotIndexOID, map[string][]byte{e.SnapshotID: data})
+	return indexPut(ctx, g.Store, snapshotIndexOID, e.SnapshotID, e)
 }
 
 // UnindexSnapshot removes a snapshot from the index.

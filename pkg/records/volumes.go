@@ -201,11 +201,16 @@ func (g *Registry) Forget(ctx context.Context, k Kind, name string) error {
 
 // IndexVolume adds (or refreshes) a volume in the index.
 func (g *Registry) IndexVolume(ctx context.Context, e VolumeEntry) error {
-	data, err := json.Marshal(e)
+	return indexPut(ctx, g.Store, volumeIndexOID, e.VolumeID, e)
+}
+
+// indexPut stores v as the JSON value of key in the omap index oid.
+func indexPut(ctx context.Context, s Store, oid, key string, v any) error {
+	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return g.Store.IndexSet(ctx, volumeIndexOID, map[string][]byte{e.VolumeID: data})
+	return s.IndexSet(ctx, oid, map[string][]byte{key: data})
 }
 
 // UnindexVolume removes a volume from the index.
