@@ -99,6 +99,37 @@ func TestCrashMatrix(t *testing.T) {
 			}
 		}
 	}
+	// CreateVolumeGroupSnapshot (of the source and a second volume) killed
+	// at every step; the retry with the same name finishes it.
+	r2, err := last.ctrl.CreateVolume(opCtx(t), &csi.CreateVolumeRequest{Name: "crash-src-2", VolumeCapabilities: mountCap(), Parameters: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src2 := r2.GetVolume().GetVolumeId()
+	_ = last.cmd.Process.Kill()
+	_ = last.cmd.Wait()
+	for _, step := range []string{"take the group snapshot", "index the member snapshots", "index the group snapshot", "mark ready"} {
+		for _, when := range []string{"before", "after"} {
+			n++
+			req := &csi.CreateVolumeGroupSnapshotRequest{Name: fmt.Sprintf("crash-group-%d", n), SourceVolumeIds: []string{src, src2}}
+			var gid string
+			last = crashAt(t, when+" "+step, func(ctx context.Context, p *proc) error {
+				r, err := csi.NewGroupControllerClient(p.conn).CreateVolumeGroupSnapshot(ctx, req)
+				gid = r.GetGroupSnapshot().GetGroupSnapshotId()
+				return err
+			})
+			if _, err := csi.NewGroupControllerClient(last.conn).DeleteVolumeGroupSnapshot(opCtx(t), &csi.DeleteVolumeGroupSnapshotRequest{GroupSnapshotId: gid}); err != nil {
+				t.Fatalf("%s %s: delete group snapshot: %v", when, step, err)
+			}
+			_ = last.cmd.Process.Kill()
+			_ = last.cmd.Wait()
+		}
+	}
+	last = startBinary(t, cfgPath, filepath.Join(t.TempDir(), "csi.sock"))
+	if _, err := last.ctrl.DeleteVolume(opCtx(t), &csi.DeleteVolumeRequest{VolumeId: src2}); err != nil {
+		t.Fatal(err)
+	}
+
 	// DeleteVolume killed after the image went (or was set aside for a
 	// snapshot) and after the records went: the retry finishes the job.
 	for _, point := range []string{"delete/after-remove", "delete/after-unindex"} {

@@ -58,6 +58,7 @@ func TestBinaryRejectsBadConfig(t *testing.T) {
 // proc is basalt-csi run as a real process.
 type proc struct {
 	cmd  *exec.Cmd
+	conn *grpc.ClientConn
 	ctrl csi.ControllerClient
 	ids  csi.IdentityClient
 	log  *bytes.Buffer
@@ -82,7 +83,7 @@ func startBinary(t *testing.T, cfg, sock string, env ...string) *proc {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	p.ctrl, p.ids = csi.NewControllerClient(conn), csi.NewIdentityClient(conn)
+	p.conn, p.ctrl, p.ids = conn, csi.NewControllerClient(conn), csi.NewIdentityClient(conn)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := p.ids.Probe(context.Background(), &csi.ProbeRequest{})

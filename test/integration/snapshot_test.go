@@ -255,6 +255,33 @@ func TestCloneDepthFlattensAndParallelRestores(t *testing.T) {
 		}
 	}
 
+	// Many clones of one volume at once: each goes through its own
+	// temporary snapshot, no lock, no error.
+	const nc = 8
+	clones := make([]*csi.Volume, nc)
+	cerrs := make([]error, nc)
+	var cwg sync.WaitGroup
+	for i := 0; i < nc; i++ {
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			clones[i], cerrs[i] = createFrom(ctx, d, "par-clone-"+string(rune('a'+i)), fromVolume(vols[0].GetVolumeId()), pin)
+		}()
+	}
+	cwg.Wait()
+	for i, err := range cerrs {
+		if err != nil {
+			t.Errorf("parallel clone %d: %v", i, err)
+		} else if got := c1.digest(t, "volumes/"+imageOf(t, clones[i])); got != want {
+			t.Errorf("parallel clone %d reads %s, want %s", i, got, want)
+		}
+	}
+	for _, v := range clones {
+		if v != nil {
+			del(t, d, v.GetVolumeId())
+		}
+	}
+
 	snap := snapshot(t, d, "par-snap", vols[0].GetVolumeId())
 	const n = 12
 	var wg sync.WaitGroup
