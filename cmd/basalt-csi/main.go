@@ -182,6 +182,9 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if o.mode == "node" {
+		cfg.UseNodeIdentity() // least privilege: never the controller's key
+	}
 	mgr := newManager(cfg, log)
 	mgr.NoCapacity = o.mode == "node"
 	log.Info("connecting to backends", "config", cfg.Path, "backends", mgr.Names())

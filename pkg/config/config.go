@@ -26,6 +26,12 @@ type Backend struct {
 	ReservedPercentage       int               `yaml:"reservedPercentage" json:"reservedPercentage"`
 	MaxOverSubscriptionRatio float64           `yaml:"maxOverSubscriptionRatio" json:"maxOverSubscriptionRatio"`
 	Capabilities             map[string]string `yaml:"capabilities" json:"capabilities,omitempty"`
+	// NodeUser and NodeKeyring are the cephx identity node plugins use
+	// (--mode=node), a least-privilege user that can map images but not
+	// create, remove or re-record them (README, "Ceph users"). Both or
+	// neither; without them node plugins use User and Keyring.
+	NodeUser    string `yaml:"nodeUser" json:"nodeUser,omitempty"`
+	NodeKeyring string `yaml:"nodeKeyring" json:"nodeKeyring,omitempty"`
 }
 
 // Config is the whole file.
@@ -71,7 +77,8 @@ const (
 var (
 	topKeys = keySet("backends", "registryBackend", "scheduleAttempts", "cephTimeoutSeconds", "statsIntervalSeconds",
 		"maxSnapshotsPerImage", "maxCloneDepth", "flattenConcurrency", "flattenTimeoutSeconds")
-	backendKeys = keySet("name", "cephConf", "user", "keyring", "pool", "zone", "reservedPercentage", "maxOverSubscriptionRatio", "capabilities")
+	backendKeys = keySet("name", "cephConf", "user", "keyring", "pool", "zone", "reservedPercentage", "maxOverSubscriptionRatio", "capabilities",
+		"nodeUser", "nodeKeyring")
 	required    = []string{"name", "cephConf", "user", "keyring", "pool", "zone"}
 )
 
@@ -165,6 +172,9 @@ func (c *Config) validate() error {
 		if b.ReservedPercentage < 0 || b.ReservedPercentage > 100 {
 			return fmt.Errorf("backend %q: key \"reservedPercentage\" must be within 0..100, got %d", b.Name, b.ReservedPercentage)
 		}
+		if (b.NodeUser == "") != (b.NodeKeyring == "") {
+			return fmt.Errorf("backend %q: keys \"nodeUser\" and \"nodeKeyring\" go together (the node plugins' cephx user and its keyring)", b.Name)
+		}
 		if b.MaxOverSubscriptionRatio == 0 {
 			b.MaxOverSubscriptionRatio = DefaultMaxOverSubscriptionRatio
 		}
@@ -201,6 +211,17 @@ func (c *Config) validate() error {
 		return fmt.Errorf("key \"maxCloneDepth\" must be below %d (krbd maps at most %d levels of clones, and a new clone is one deeper until its flatten ends), got %d", maxKrbdChain, maxKrbdChain, c.MaxCloneDepth)
 	}
 	return nil
+}
+
+// UseNodeIdentity makes every backend that names a node user use it instead
+// of the controller's: a node plugin never needs, nor should hold, the
+// controller's key.
+func (c *Config) UseNodeIdentity() {
+	for i := range c.Backends {
+		if b := &c.Backends[i]; b.NodeUser != "" {
+			b.User, b.Keyring = b.NodeUser, b.NodeKeyring
+		}
+	}
 }
 
 // Backend returns the backend called name.

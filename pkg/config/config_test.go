@@ -109,3 +109,21 @@ func TestCloneDepthBoundedByKrbd(t *testing.T) {
 		t.Fatalf("parse: %+v, %v", c, err)
 	}
 }
+
+func TestNodeIdentity(t *testing.T) {
+	base := "backends:\n  - {name: a, cephConf: c, user: ctl, keyring: ctl.keyring, pool: p, zone: z%s}\n  - {name: b, cephConf: c, user: ctl, keyring: ctl.keyring, pool: p, zone: z}\n"
+	if _, err := Parse("x", []byte(strings.Replace(base, "%s", ", nodeUser: n", 1))); err == nil || !strings.Contains(err.Error(), "nodeKeyring") {
+		t.Fatalf("nodeUser without nodeKeyring accepted: %v", err)
+	}
+	c, err := Parse("x", []byte(strings.Replace(base, "%s", ", nodeUser: n, nodeKeyring: n.keyring", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.UseNodeIdentity()
+	if a := c.Backends[0]; a.User != "n" || a.Keyring != "n.keyring" {
+		t.Errorf("backend a uses %s %s, want the node user", a.User, a.Keyring)
+	}
+	if b := c.Backends[1]; b.User != "ctl" || b.Keyring != "ctl.keyring" {
+		t.Errorf("backend b uses %s %s, want the controller's user (it names no node user)", b.User, b.Keyring)
+	}
+}

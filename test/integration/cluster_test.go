@@ -22,6 +22,21 @@ var repoRoot = func() string {
 // cluster is a real single-host Ceph cluster started by test/ceph-cluster.sh.
 type cluster struct {
 	Name, Conf, Keyring, FSID, Mon string
+	// Keyrings of the users deploy/ceph-users.sh makes.
+	CtlKeyring, NodeKeyring string
+}
+
+// makeUsers runs deploy/ceph-users.sh against c for pools.
+func (c *cluster) makeUsers(ctx context.Context, pools ...string) error {
+	dir := filepath.Join(workDir, "users-"+c.Name)
+	cmd := exec.CommandContext(ctx, filepath.Join(repoRoot, "deploy", "ceph-users.sh"), append([]string{dir}, pools...)...)
+	cmd.Env = append(os.Environ(), "CEPH_ARGS=-c "+c.Conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("deploy/ceph-users.sh: %v\n%s", err, out)
+	}
+	c.CtlKeyring = filepath.Join(dir, "ceph.client.basalt-controller.keyring")
+	c.NodeKeyring = filepath.Join(dir, "ceph.client.basalt-node.keyring")
+	return nil
 }
 
 func script(ctx context.Context, args ...string) (string, error) {

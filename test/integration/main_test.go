@@ -68,8 +68,19 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// Basalt's own cephx users, made by the script the README tells
+	// operators to run: every node plugin process runs as the node user.
+	for _, u := range []struct {
+		c     *cluster
+		pools []string
+	}{{c1, []string{"volumes", "fast", "images"}}, {c2, []string{"volumes"}}} {
+		if err := u.c.makeUsers(ctx, u.pools...); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
 	fmt.Fprintf(os.Stderr, "two clusters and a golden image ready in %v\n", time.Since(start).Round(time.Millisecond))
-	for _, k := range []string{c1.Keyring, c2.Keyring} {
+	for _, k := range []string{c1.Keyring, c2.Keyring, c1.NodeKeyring, c2.NodeKeyring, c1.CtlKeyring, c2.CtlKeyring} {
 		if err := loadSecrets(k); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -94,6 +105,8 @@ func configYAML(extra ...string) string {
     pool: volumes
     zone: zone-a
     capabilities: {tier: standard}
+    nodeUser: basalt-node
+    nodeKeyring: %[5]s
   - name: a-fast
     cephConf: %[1]s
     user: admin
@@ -102,6 +115,8 @@ func configYAML(extra ...string) string {
     zone: zone-a
     reservedPercentage: 5
     capabilities: {tier: fast}
+    nodeUser: basalt-node
+    nodeKeyring: %[5]s
   - name: b-std
     cephConf: %[3]s
     user: admin
@@ -109,7 +124,9 @@ func configYAML(extra ...string) string {
     pool: volumes
     zone: zone-b
     capabilities: {tier: standard}
-`, c1.Conf, c1.Keyring, c2.Conf, c2.Keyring)
+    nodeUser: basalt-node
+    nodeKeyring: %[6]s
+`, c1.Conf, c1.Keyring, c2.Conf, c2.Keyring, c1.NodeKeyring, c2.NodeKeyring)
 	for _, e := range extra {
 		s += e
 	}

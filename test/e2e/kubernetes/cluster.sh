@@ -178,19 +178,25 @@ YAML
   kubeconfig "$E2E/controller.kubeconfig" "$(kc -n $NS create token basalt-controller --duration 4h)"
 
   log "basalt-csi controller, csi-provisioner, csi-attacher, csi-snapshotter"
+  # The controller and the node plugin run as the two cephx users the README
+  # tells operators to make.
+  CEPH_ARGS="-c $CEPH_CONF --keyring $CEPH_KEYRING" "$ROOT/deploy/ceph-users.sh" "$E2E/users" \
+    volumes-a volumes-b images >"$E2E/logs/ceph-users.log"
+  local users="user: basalt-controller
+    keyring: $E2E/users/ceph.client.basalt-controller.keyring
+    nodeUser: basalt-node
+    nodeKeyring: $E2E/users/ceph.client.basalt-node.keyring"
   cat >"$E2E/basalt.yaml" <<YAML
 backends:
   - name: a-one
     cephConf: $CEPH_CONF
-    user: admin
-    keyring: $CEPH_KEYRING
+    $users
     pool: volumes-a
     zone: $ZONE
     maxOverSubscriptionRatio: 100
   - name: a-two
     cephConf: $CEPH_CONF
-    user: admin
-    keyring: $CEPH_KEYRING
+    $users
     pool: volumes-b
     zone: $ZONE
     maxOverSubscriptionRatio: 100
