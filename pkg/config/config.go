@@ -79,7 +79,7 @@ var (
 		"maxSnapshotsPerImage", "maxCloneDepth", "flattenConcurrency", "flattenTimeoutSeconds")
 	backendKeys = keySet("name", "cephConf", "user", "keyring", "pool", "zone", "reservedPercentage", "maxOverSubscriptionRatio", "capabilities",
 		"nodeUser", "nodeKeyring")
-	required    = []string{"name", "cephConf", "user", "keyring", "pool", "zone"}
+	required = []string{"name", "cephConf", "user", "keyring", "pool", "zone"}
 )
 
 func keySet(keys ...string) map[string]bool {
