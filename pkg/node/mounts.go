@@ -2,12 +2,14 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 )
@@ -121,19 +123,55 @@ func (m *Mounts) SourceOf(path string) (string, error) {
 	return src, nil
 }
 
-// MountedAt lists where dev is mounted (bind mounts of it included).
+// MountedAt lists where dev is mounted: filesystems on it (whatever name
+// mountinfo gives the source) and binds of its device node, which mountinfo
+// shows with the source of the filesystem holding the node ("udev" for
+// devtmpfs) and the node's path within it as root.
 func (m *Mounts) MountedAt(dev string) ([]string, error) {
-	mps, err := m.m.List()
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil // no device node: nothing can be mounted from it
+		}
+		return nil, fmt.Errorf("stat %s: %w", dev, err)
+	}
+	mis, err := mount.ParseMountInfo(mountInfoPath)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for _, mp := range mps {
-		if mp.Device == dev {
-			out = append(out, mp.Path)
+	return mountedAt(mis, dev, int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev))), nil
+}
+
+const mountInfoPath = "/proc/self/mountinfo"
+
+// mountedAt is MountedAt's pure part: major:minor is dev's device number.
+func mountedAt(mis []mount.MountInfo, dev string, major, minor int) []string {
+	// The mount holding the node (the deepest mount point above it), and the
+	// node's path from that filesystem's root: a bind of the node has that
+	// filesystem's device number and that path as its root.
+	var holder *mount.MountInfo
+	for i := range mis {
+		mp := mis[i].MountPoint
+		if (mp == "/" || dev == mp || strings.HasPrefix(dev, mp+"/")) && (holder == nil || len(mp) > len(holder.MountPoint)) {
+			holder = &mis[i]
 		}
 	}
-	return out, nil
+	nodeRoot := ""
+	if holder != nil {
+		rel, err := filepath.Rel(holder.MountPoint, dev)
+		if err == nil {
+			nodeRoot = filepath.Join(holder.Root, rel)
+		}
+	}
+	var out []string
+	for _, mi := range mis {
+		onDev := mi.Major == major && mi.Minor == minor
+		bindOfNode := holder != nil && mi.Major == holder.Major && mi.Minor == holder.Minor && filepath.Clean(mi.Root) == nodeRoot
+		if onDev || bindOfNode {
+			out = append(out, mi.MountPoint)
+		}
+	}
+	return out
 }
 
 // Resize grows the filesystem on dev mounted at path if the device is larger.

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,6 +119,25 @@ func (n *nodePlugin) leftovers(t *testing.T, paths ...string) []string {
 		out = append(out, "staging record: "+e.Name())
 	}
 	return out
+}
+
+// device is the device of the one volume staged on n, from its record.
+func (n *nodePlugin) device(t *testing.T) string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(n.stateDir, "volumes", "*.json"))
+	if len(files) != 1 {
+		t.Fatalf("%d staging records, want 1", len(files))
+	}
+	var rec struct {
+		Mapping struct{ Device string } `json:"mapping"`
+	}
+	data, err := os.ReadFile(files[0])
+	must(t, err)
+	must(t, json.Unmarshal(data, &rec))
+	if rec.Mapping.Device == "" {
+		t.Fatalf("no device in %s", data)
+	}
+	return rec.Mapping.Device
 }
 
 func mountVC(fs string) *csi.VolumeCapability {
@@ -303,7 +323,22 @@ func TestNodeBlockVolume(t *testing.T) {
 	if stats.GetUsage()[0].GetTotal() != 256<<20 {
 		t.Fatalf("block size %v", stats.GetUsage())
 	}
+	// A bind of the device that no publish recorded (made by hand or by
+	// another tool) still uses it: unstage must refuse to unmap under it.
+	// mountinfo shows such a bind with the source "udev", not the device.
+	stray := filepath.Join(root, "stray")
+	must(t, os.WriteFile(stray, nil, 0o600))
+	dev := n.device(t)
+	if out, err := exec.Command("mount", "--bind", dev, stray).CombinedOutput(); err != nil {
+		t.Fatalf("binding %s: %v %s", dev, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", stray).Run() }) // if the test fails before
 	nodeUnpublish(t, n, vol, target)
+	_, err = n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+	wantCode(t, err, codes.FailedPrecondition, "still mounted at "+stray)
+	if out, err := exec.Command("umount", stray).CombinedOutput(); err != nil {
+		t.Fatalf("unmounting %s: %v %s", stray, err, out)
+	}
 	unstage(t, n, vol, staging)
 	if left := n.leftovers(t, staging, target); len(left) > 0 {
 		t.Fatalf("left after unstage: %v", left)
