@@ -164,28 +164,46 @@ func check(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("basalt-csi check", flag.ContinueOnError)
 	cfgPath := fs.String("config", "/etc/basalt/config.yaml", "backend configuration (YAML)")
 	format := fs.String("o", "table", "output: table or json")
-	repair := fs.Bool("repair", false, "remove what nothing accounts for (orphan images, ghost index entries, stale creates)")
+	repair := fs.Bool("repair", false, "remove what nothing accounts for (orphan images and snapshots, ghost index entries, stale creates; on a node: orphan mappings, stale key files)")
+	var o options
+	nodeCheck := fs.Bool("node", false, "check this node instead of Ceph: mappings, loop devices, FUSE mounts and key files against the staging records (run it where the node plugin runs)")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/basalt", "with --node: the node plugin's --state-dir")
+	fs.StringVar(&o.mapper, "mapper", "auto", "with --node: the node plugin's --mapper")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		return err
-	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	mgr := newManager(cfg, log)
-	mgr.NoCapacity = true
-	defer mgr.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	mgr.Refresh(ctx)
-	if down := mgr.Down(); len(down) > 0 {
-		fmt.Fprintf(os.Stderr, "backends down, not checked: %v\n", down)
-	}
-	prov := &provision.Provisioner{Backends: mgr, Log: log, Locks: locks.New()}
-	findings, err := prov.Check(ctx, *repair, recoverGrace)
-	if err != nil {
-		return err
+	var findings []provision.Finding
+	if *nodeCheck {
+		svc, err := newNodeService(o, &provision.Provisioner{Log: log, Locks: locks.New()}, log)
+		if err != nil {
+			return err
+		}
+		nf, err := svc.Check(ctx, *repair, keyDir(o))
+		if err != nil {
+			return err
+		}
+		for _, f := range nf {
+			findings = append(findings, provision.Finding{Backend: "node", Kind: f.Kind, Object: f.Object, Detail: f.Detail, Repaired: f.Repaired})
+		}
+	} else {
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			return err
+		}
+		mgr := newManager(cfg, log)
+		mgr.NoCapacity = true
+		defer mgr.Close()
+		mgr.Refresh(ctx)
+		if down := mgr.Down(); len(down) > 0 {
+			fmt.Fprintf(os.Stderr, "backends down, not checked: %v\n", down)
+		}
+		prov := &provision.Provisioner{Backends: mgr, Log: log, Locks: locks.New()}
+		if findings, err = prov.Check(ctx, *repair, recoverGrace); err != nil {
+			return err
+		}
 	}
 	if *format == "json" {
 		if findings == nil {

@@ -51,7 +51,7 @@ func run(args []string) error {
 	var o options
 	fs := flag.NewFlagSet("basalt-csi", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: basalt-csi [flags]            serve CSI\n       basalt-csi attachments [--volume ID] [--node ID] [-o json] --config FILE\n       basalt-csi nodes [-o json] --config FILE\n       basalt-csi snapshots [--volume ID] [-o json] --config FILE\n       basalt-csi check [--repair] [-o json] --config FILE\n\nflags:\n")
+		fmt.Fprintf(fs.Output(), "usage: basalt-csi [flags]            serve CSI\n       basalt-csi attachments [--volume ID] [--node ID] [-o json] --config FILE\n       basalt-csi nodes [-o json] --config FILE\n       basalt-csi snapshots [--volume ID] [-o json] --config FILE\n       basalt-csi check [--repair] [-o json] --config FILE\n       basalt-csi check --node [--repair] [-o json] [--state-dir DIR] [--mapper M]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.endpoint, "endpoint", "unix:///var/lib/kubelet/plugins/rbd.basalt.dev/csi.sock", "CSI endpoint: unix:///path or tcp://host:port")
@@ -96,24 +96,25 @@ func newNodeService(o options, prov *provision.Provisioner, log *slog.Logger) (*
 	var m mapper.Mapper
 	switch name {
 	case "krbd":
-		keyDir := filepath.Join(o.stateDir, "keys")
-		if err := os.MkdirAll(keyDir, 0o700); err != nil {
+		if err := os.MkdirAll(keyDir(o), 0o700); err != nil {
 			return nil, err
 		}
-		m = mapper.NewKRBD(run, keyDir)
+		m = mapper.NewKRBD(run, keyDir(o))
 	case "nbd":
 		m = mapper.NewNBD(run)
 	default:
 		m = mapper.NewFUSE(run, filepath.Join(o.stateDir, "fuse"))
 	}
-	locate, attached := driver.NodeLookups(prov)
 	log.Info("node plugin", "node", o.nodeID, "zone", o.zone, "mapper", m.Name(), "stateDir", o.stateDir)
 	return &node.Service{
 		NodeID: o.nodeID, Mapper: m, Mounts: node.NewMounts(),
 		Store: &node.Store{Dir: filepath.Join(o.stateDir, "volumes")},
-		Locks: prov.Locks, Log: log, Locate: locate, AttachedMode: attached,
+		Locks: prov.Locks, Log: log, Lookups: driver.NodeLookups(prov),
 	}, nil
 }
+
+// keyDir holds the krbd mapper's short-lived key files.
+func keyDir(o options) string { return filepath.Join(o.stateDir, "keys") }
 
 func newManager(cfg *config.Config, log *slog.Logger) *backend.Manager {
 	timeout := time.Duration(cfg.CephTimeoutSeconds) * time.Second

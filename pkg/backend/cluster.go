@@ -67,8 +67,9 @@ type ImageInfo struct {
 // Usage tells whether an image may be removed. Clones of its snapshots do
 // not prevent it: the image is then set aside (see provision.Delete).
 type Usage struct {
-	Watchers int    // clients with the image open (mapped)
-	Parent   string // the parent image, if a clone of one in the same pool
+	Watchers int      // clients with the image open (mapped)
+	Clients  []string // their addresses, as `ceph osd blocklist` takes them
+	Parent   string   // the parent image, if a clone of one in the same pool
 }
 
 // Cluster is everything Basalt does on one backend: its Ceph cluster and pool.
@@ -115,6 +116,9 @@ type Cluster interface {
 	CreateSnapshot(ctx context.Context, image, snap string, limit int) (ImageInfo, error)
 	// RemoveSnapshot removes snap of image; absent is success.
 	RemoveSnapshot(ctx context.Context, image, snap string) error
+	// ListSnapshots names image's snapshots (not those of groups or in
+	// Ceph's snapshot trash).
+	ListSnapshots(ctx context.Context, image string) ([]string, error)
 	// CloneDepth is the number of parents above image (0 = not a clone).
 	CloneDepth(ctx context.Context, image string) (int, error)
 	// Flatten copies the parent's data into image and detaches it.

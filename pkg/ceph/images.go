@@ -221,6 +221,9 @@ func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
 			return err
 		}
 		u.Watchers = len(w)
+		for _, x := range w {
+			u.Clients = append(u.Clients, x.Addr)
+		}
 		parent, err := img.GetParent()
 		if err == nil && parent.Image.PoolName == c.pool && !parent.Image.Trash {
 			u.Parent = parent.Image.ImageName

@@ -60,6 +60,24 @@ func (c *Conn) RemoveSnapshot(ctx context.Context, image, snap string) error {
 	return err
 }
 
+// ListSnapshots implements backend.Cluster.
+func (c *Conn) ListSnapshots(ctx context.Context, image string) ([]string, error) {
+	names, err := call(ctx, c.s, fmt.Sprintf("listing the snapshots of %s/%s", c.pool, image), func() ([]string, error) {
+		img, err := rbd.OpenImageReadOnly(c.ioctx, image, rbd.NoSnapshot)
+		if err != nil {
+			return nil, err
+		}
+		defer img.Close()
+		snaps, err := img.GetSnapshotNames()
+		names := make([]string, 0, len(snaps))
+		for _, s := range snaps {
+			names = append(names, s.Name)
+		}
+		return names, err
+	})
+	return names, translate(err)
+}
+
 // RenameImage implements backend.Cluster.
 func (c *Conn) RenameImage(ctx context.Context, from, to string) error {
 	return translate(c.do(ctx, fmt.Sprintf("renaming %s/%s to %s", c.pool, from, to), func() error {

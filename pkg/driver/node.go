@@ -10,6 +10,7 @@ import (
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 	"github.com/basalt-csi/basalt/pkg/provision"
 	"github.com/basalt-csi/basalt/pkg/scheduler"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
 
 // Node implements csi.NodeServer over pkg/node.
@@ -22,15 +23,13 @@ type Node struct {
 }
 
 // NodeLookups returns the Service callbacks that consult Ceph: where a
-// volume's image is, and how it is attached to this node.
-func NodeLookups(p *provision.Provisioner) (
-	locate func(context.Context, string) (mapper.Spec, error),
-	attachedMode func(context.Context, string, string) (string, error),
-) {
+// volume's image is, how it is attached to this node, which Ceph clients
+// have it open, and fencing one of them.
+func NodeLookups(p *provision.Provisioner) node.Lookups {
 	// No image lookup here: the attachment (checked next) was written by a
 	// ControllerPublish that found the image; without one, attachedMode
 	// tells a missing volume (NotFound) from an unpublished one.
-	locate = func(ctx context.Context, volumeID string) (mapper.Spec, error) {
+	locate := func(ctx context.Context, volumeID string) (mapper.Spec, error) {
 		id, bname, _, err := p.Lookup(volumeID)
 		if err != nil {
 			return mapper.Spec{}, toStatus(err)
@@ -41,7 +40,7 @@ func NodeLookups(p *provision.Provisioner) (
 		}
 		return mapper.Spec{Pool: b.Pool, Image: id.ImageName(), CephConf: b.CephConf, User: b.User, Keyring: b.Keyring}, nil
 	}
-	attachedMode = func(ctx context.Context, volumeID, nodeID string) (string, error) {
+	attachedMode := func(ctx context.Context, volumeID, nodeID string) (string, error) {
 		r, err := p.Attachment(ctx, volumeID, nodeID)
 		if err != nil {
 			if _, _, _, serr := p.Stat(ctx, volumeID); serr != nil {
@@ -51,7 +50,23 @@ func NodeLookups(p *provision.Provisioner) (
 		}
 		return r.Mode, nil
 	}
-	return locate, attachedMode
+	clients := func(ctx context.Context, volumeID string) ([]string, error) {
+		_, _, cl, err := p.Lookup(volumeID)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		id, _ := volumeid.Parse(volumeID)
+		u, err := cl.Usage(ctx, id.ImageName())
+		return u.Clients, err
+	}
+	fence := func(ctx context.Context, volumeID, addr string) error {
+		_, _, cl, err := p.Lookup(volumeID)
+		if err != nil {
+			return toStatus(err)
+		}
+		return cl.Blocklist(ctx, addr)
+	}
+	return node.Lookups{Locate: locate, AttachedMode: attachedMode, Clients: clients, Fence: fence}
 }
 
 func checkPath(name, p string) error {

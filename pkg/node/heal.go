@@ -104,6 +104,7 @@ func (s *Service) teardown(ctx context.Context, uuid string, rec *Record) error 
 	if err := s.Mapper.Unmap(ctx, rec.Spec, rec.Mapping); err != nil {
 		return err
 	}
+	s.fenceDead(ctx, s.Log.With("volume", rec.VolumeID), rec)
 	return s.Store.Delete(uuid)
 }
 
@@ -136,10 +137,13 @@ func (s *Service) heal(ctx context.Context, uuid string, rec *Record) error {
 		}
 	}
 	old := rec.Mapping
+	fenced := ""
 	if err := s.Mapper.Unmap(ctx, rec.Spec, old); err != nil {
 		log.Warn("could not clear the dead mapping; mapping anew anyway", "device", old.Device, "error", err)
+	} else {
+		fenced = s.fenceDead(ctx, log, rec)
 	}
-	m, err := s.Mapper.Map(ctx, rec.Spec)
+	m, err := s.mapTracked(ctx, rec.VolumeID, rec.Spec, fenced)
 	if err != nil {
 		return status.Errorf(codes.Internal, "re-mapping %s/%s: %v", rec.Spec.Pool, rec.Spec.Image, err)
 	}

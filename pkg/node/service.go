@@ -28,12 +28,23 @@ type Service struct {
 	Store  *Store
 	Locks  *locks.Keyed
 	Log    *slog.Logger
+	Lookups
+}
+
+// Lookups are the Service's questions to Ceph, answered by the driver
+// (only pkg/ceph and the mappers touch Ceph).
+type Lookups struct {
 	// Locate returns how to reach a volume's image (everything but ReadOnly);
 	// NotFound if the volume does not exist. It returns gRPC status errors.
 	Locate func(ctx context.Context, volumeID string) (mapper.Spec, error)
 	// AttachedMode returns "rw" or "ro" for the attachment of the volume to
 	// this node, FailedPrecondition if there is none (gRPC status errors).
 	AttachedMode func(ctx context.Context, volumeID, nodeID string) (string, error)
+	// Clients lists the addresses of the Ceph clients that have the
+	// volume's image open (watch it).
+	Clients func(ctx context.Context, volumeID string) ([]string, error)
+	// Fence blocklists the Ceph client at addr in the volume's cluster.
+	Fence func(ctx context.Context, volumeID, addr string) error
 }
 
 // StageRequest is a validated NodeStageVolume.
@@ -151,7 +162,7 @@ func (s *Service) stage(ctx context.Context, log *slog.Logger, uuid string, rec 
 	if err := s.Store.Save(uuid, rec); err != nil {
 		return status.Errorf(codes.Internal, "saving the staging record: %v", err)
 	}
-	m, err := s.Mapper.Map(ctx, rec.Spec)
+	m, err := s.mapTracked(ctx, rec.VolumeID, rec.Spec, "")
 	if err == nil {
 		err = failpoint.Hit("node/after-map")
 	}
@@ -291,6 +302,9 @@ func (s *Service) Unstage(ctx context.Context, volumeID, stagingPath string) err
 			return status.Errorf(codes.Internal, "unmounting %s: %v", stagingPath, err)
 		}
 	}
+	if err := failpoint.Hit("node/after-unmount"); err != nil {
+		return toInternal(err)
+	}
 	if dev := rec.Mapping.Device; dev != "" {
 		at, err := s.Mounts.MountedAt(dev)
 		if err != nil {
@@ -302,6 +316,11 @@ func (s *Service) Unstage(ctx context.Context, volumeID, stagingPath string) err
 	}
 	if err := s.Mapper.Unmap(ctx, rec.Spec, rec.Mapping); err != nil {
 		return status.Errorf(codes.Internal, "unmapping %s: %v", rec.Mapping.Device, err)
+	}
+	// A daemon that died instead of exiting left its watch: release it.
+	s.fenceDead(ctx, s.Log.With("volume", volumeID), rec)
+	if err := failpoint.Hit("node/after-unmap"); err != nil {
+		return toInternal(err)
 	}
 	if err := s.Store.Delete(id.UUID); err != nil {
 		return status.Error(codes.Internal, err.Error())

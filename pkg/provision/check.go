@@ -14,7 +14,7 @@ import (
 // Finding is one thing in Ceph or the records that nothing accounts for.
 type Finding struct {
 	Backend  string `json:"backend,omitempty"`
-	Kind     string `json:"kind"`   // orphan-image, ghost-volume, ghost-snapshot, stale-create
+	Kind     string `json:"kind"`   // orphan-image, ghost-volume, orphan-snapshot, ghost-snapshot, stale-create
 	Object   string `json:"object"` // image, volume ID, snapshot ID or name
 	Detail   string `json:"detail"`
 	Repaired bool   `json:"repaired"`
@@ -22,7 +22,8 @@ type Finding struct {
 
 // Check is the invariant the tests check, for operators: every Basalt image
 // is a live volume, a create in progress, or a deleted volume kept for its
-// snapshots; every indexed volume and snapshot has its image; no create was
+// snapshots; every Basalt RBD snapshot is an indexed snapshot or one being
+// taken; every indexed volume and snapshot exists in Ceph; no create was
 // left half-done. With repair, what can be is undone (an orphan image with
 // snapshots or users is only reported). Backends that are down are skipped.
 func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duration) ([]Finding, error) {
@@ -70,6 +71,19 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 		}
 	}
 
+	snaps, err := allSnapshots(ctx, reg)
+	if err != nil {
+		return nil, err
+	}
+	indexedSnaps := map[string]bool{}
+	for _, e := range snaps {
+		indexedSnaps[e.SnapshotID] = true
+	}
+	snapsInProgress, err := inProgressUUIDs(ctx, reg, records.KindSnapshot)
+	if err != nil {
+		return nil, err
+	}
+
 	for _, bname := range p.Backends.Up() {
 		cl, _, err := p.Backends.Get(bname)
 		if err != nil {
@@ -83,6 +97,7 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 		if err != nil {
 			return out, classify(err, "listing the images of backend "+bname)
 		}
+		rbdSnaps := map[string]bool{} // image@snap of every Basalt image
 		for _, img := range images {
 			uuid, deletedImg := strings.CutPrefix(img, volumeid.DeletedPrefix)
 			if !deletedImg {
@@ -92,6 +107,24 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 				}
 			}
 			id := volumeid.ID{FSID: fsid, PoolID: cl.PoolID(), UUID: uuid}
+			names, err := cl.ListSnapshots(ctx, img)
+			if err != nil && !errors.Is(err, backend.ErrNotFound) {
+				return out, classify(err, "listing the snapshots of "+img)
+			}
+			for _, snap := range names {
+				rbdSnaps[img+"@"+snap] = true
+				if f, ok := orphanSnapshot(id, img, snap, indexedSnaps, snapsInProgress, inProgress); ok {
+					if repair {
+						err := cl.RemoveSnapshot(ctx, img, snap)
+						f.Repaired = err == nil
+						if err != nil {
+							f.Detail += "; not removed: " + err.Error()
+						}
+					}
+					f.Backend = bname
+					out = append(out, f)
+				}
+			}
 			if known[id.String()] || (!deletedImg && inProgress[uuid]) {
 				continue
 			}
@@ -122,6 +155,20 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 			}
 			out = append(out, f)
 		}
+		for _, e := range snaps {
+			sid, err := volumeid.ParseSnapshot(e.SnapshotID)
+			if err != nil || e.Backend != bname || e.GroupSnapshotID != "" {
+				continue // group members live in the group's namespace, not listed
+			}
+			if rbdSnaps[sid.Volume.ImageName()+"@"+sid.SnapName()] || rbdSnaps[sid.Volume.DeletedImageName()+"@"+sid.SnapName()] {
+				continue
+			}
+			f := Finding{Backend: bname, Kind: "ghost-snapshot", Object: e.SnapshotID, Detail: "indexed, but its RBD snapshot " + sid.SnapName() + " does not exist"}
+			if repair {
+				f.Repaired = reg.Release(ctx, records.KindSnapshot, e.Name, sid.UUID) == nil && reg.UnindexSnapshot(ctx, e.SnapshotID) == nil
+			}
+			out = append(out, f)
+		}
 	}
 	if repair {
 		if _, err := p.Recover(ctx, grace); err != nil {
@@ -132,6 +179,54 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 				_, err := reg.Reservation(ctx, records.KindVolume, out[i].Object)
 				out[i].Repaired = errors.Is(err, records.ErrNotFound)
 			}
+		}
+	}
+	return out, nil
+}
+
+// orphanSnapshot tells whether image@snap (of volume id) is a Basalt
+// snapshot nothing accounts for: a CSI snapshot neither indexed nor being
+// created, or a volume clone's temporary snapshot whose create has ended.
+func orphanSnapshot(id volumeid.ID, image, snap string, indexed, snapsInProgress, volsInProgress map[string]bool) (Finding, bool) {
+	if u, ok := strings.CutPrefix(snap, volumeid.SnapPrefix); ok {
+		sid := volumeid.SnapshotID{Volume: id, UUID: u}
+		if indexed[sid.String()] || snapsInProgress[u] {
+			return Finding{}, false
+		}
+		return Finding{Kind: "orphan-snapshot", Object: image + "@" + snap, Detail: "no snapshot index entry or create in progress accounts for it"}, true
+	}
+	if u, ok := strings.CutPrefix(snap, volumeid.ClonePrefix); ok && !volsInProgress[u] {
+		return Finding{Kind: "orphan-snapshot", Object: image + "@" + snap, Detail: "the temporary snapshot of a volume clone that is no longer being created"}, true
+	}
+	return Finding{}, false
+}
+
+// allSnapshots reads the whole snapshot index.
+func allSnapshots(ctx context.Context, reg *records.Registry) ([]records.SnapshotEntry, error) {
+	var all []records.SnapshotEntry
+	for after := ""; ; {
+		page, next, err := reg.Snapshots(ctx, "", after, 1000)
+		if err != nil {
+			return nil, classify(err, "listing snapshots")
+		}
+		all = append(all, page...)
+		if next == "" {
+			return all, nil
+		}
+		after = next
+	}
+}
+
+// inProgressUUIDs are the UUIDs of the creates of kind k not yet finished.
+func inProgressUUIDs(ctx context.Context, reg *records.Registry, k records.Kind) (map[string]bool, error) {
+	pending, err := reg.Pending(ctx, k, 10000)
+	if err != nil {
+		return nil, classify(err, "listing pending creates")
+	}
+	out := map[string]bool{}
+	for _, name := range pending {
+		if res, err := reg.Reservation(ctx, k, name); err == nil && res.State != records.StateReady {
+			out[res.UUID] = true
 		}
 	}
 	return out, nil

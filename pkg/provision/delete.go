@@ -73,7 +73,7 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	case usage.Watchers > 0 && p.Flattening(volumeID):
 		return errorf(Unavailable, nil, "volume %s is being flattened in the background (its clone chain was deeper than maxCloneDepth); retry when it ends", volumeID)
 	case usage.Watchers > 0:
-		return errorf(FailedPrecondition, nil, "volume %s is open by %d client(s) (still mapped on a node?); unmap it first", volumeID, usage.Watchers)
+		return errorf(FailedPrecondition, nil, "volume %s is open by %d client(s): still mapped on a node (unmap it first), or a client that died less than ~30 s ago (its watch then expires); retry", volumeID, usage.Watchers)
 	}
 	entry, ierr := reg.Volume(ctx, volumeID)
 	if ierr != nil && !errors.Is(ierr, records.ErrNotFound) {

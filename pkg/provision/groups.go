@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/basalt-csi/basalt/pkg/failpoint"
 	"github.com/basalt-csi/basalt/pkg/flow"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
@@ -223,15 +224,23 @@ func (p *Provisioner) DeleteGroupSnapshot(ctx context.Context, id string, snapsh
 	if err := cl.RemoveGroupSnapshot(ctx, gid.GroupName(), volumeid.GroupSnapName); err != nil {
 		return classify(err, "removing group snapshot "+id)
 	}
+	if err := failpoint.Hit("delete-group/after-remove"); err != nil {
+		return classify(err, "deleting "+id)
+	}
+	// Name first, group entry last: until it goes, a retry finds everything
+	// it needs to finish (as DeleteSnapshot).
 	if ierr == nil {
+		if err := reg.Release(ctx, records.KindGroup, e.Name, gid.UUID); err != nil {
+			return classify(err, "releasing the group snapshot name")
+		}
 		if err := unindexMembers(ctx, reg, e.SnapshotIDs); err != nil {
 			return classify(err, "unindexing the member snapshots")
 		}
+		if err := failpoint.Hit("delete-group/after-unindex-members"); err != nil {
+			return classify(err, "deleting "+id)
+		}
 		if err := reg.UnindexGroup(ctx, id); err != nil {
 			return classify(err, "unindexing the group snapshot")
-		}
-		if err := reg.Release(ctx, records.KindGroup, e.Name, gid.UUID); err != nil {
-			return classify(err, "releasing the group snapshot name")
 		}
 		for _, sid := range e.SnapshotIDs {
 			if s, err := volumeid.ParseSnapshot(sid); err == nil {

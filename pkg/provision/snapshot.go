@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/failpoint"
 	"github.com/basalt-csi/basalt/pkg/flow"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
@@ -129,12 +130,20 @@ func (p *Provisioner) DeleteSnapshot(ctx context.Context, snapshotID string) err
 			return classify(err, "removing snapshot "+snapshotID)
 		}
 	}
+	if err := failpoint.Hit("delete-snapshot/after-remove"); err != nil {
+		return classify(err, "deleting "+snapshotID)
+	}
+	// The name is released before the entry that names it goes: a crash in
+	// between leaves the entry, and the retry releases again (a no-op).
 	if ierr == nil {
-		if err := reg.UnindexSnapshot(ctx, snapshotID); err != nil {
-			return classify(err, "unindexing the snapshot")
-		}
 		if err := reg.Release(ctx, records.KindSnapshot, entry.Name, sid.UUID); err != nil {
 			return classify(err, "releasing the snapshot name reservation")
+		}
+		if err := failpoint.Hit("delete-snapshot/after-release"); err != nil {
+			return classify(err, "deleting "+snapshotID)
+		}
+		if err := reg.UnindexSnapshot(ctx, snapshotID); err != nil {
+			return classify(err, "unindexing the snapshot")
 		}
 	}
 	p.reapDeleted(ctx, reg, cl, bname, sid.Volume.DeletedImageName())

@@ -43,6 +43,11 @@ func (g *Registry) Group(ctx context.Context, id string) (GroupEntry, error) {
 	return indexEntry[GroupEntry](ctx, g.Store, groupIndexOID, id)
 }
 
+// Groups lists up to max group snapshot entries (ID -> GroupEntry JSON).
+func (g *Registry) Groups(ctx context.Context, max int) ([]KV, error) {
+	return g.Store.IndexList(ctx, groupIndexOID, "", "", max)
+}
+
 // SnapshotEntry is one snapshot in the index that ListSnapshots pages through.
 type SnapshotEntry struct {
 	SnapshotID     string    `json:"snapshotID"`

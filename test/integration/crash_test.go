@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -125,9 +126,50 @@ func TestCrashMatrix(t *testing.T) {
 			_ = last.cmd.Wait()
 		}
 	}
+	// DeleteVolumeGroupSnapshot killed after the RBD group snapshot went,
+	// and after the member entries went (the group's entry still there).
+	for _, point := range []string{"delete-group/after-remove", "delete-group/after-unindex-members"} {
+		n++
+		p := startBinary(t, cfgPath, filepath.Join(t.TempDir(), "csi.sock"))
+		r, err := csi.NewGroupControllerClient(p.conn).CreateVolumeGroupSnapshot(opCtx(t), &csi.CreateVolumeGroupSnapshotRequest{
+			Name: fmt.Sprintf("crash-delgroup-%d", n), SourceVolumeIds: []string{src, src2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+		gs := r.GetGroupSnapshot()
+		var members []string
+		for _, s := range gs.GetSnapshots() {
+			members = append(members, s.GetSnapshotId())
+		}
+		last = crashAt(t, point, func(ctx context.Context, p *proc) error {
+			_, err := csi.NewGroupControllerClient(p.conn).DeleteVolumeGroupSnapshot(ctx, &csi.DeleteVolumeGroupSnapshotRequest{
+				GroupSnapshotId: gs.GetGroupSnapshotId(), SnapshotIds: members})
+			return err
+		})
+		_ = last.cmd.Process.Kill()
+		_ = last.cmd.Wait()
+	}
 	last = startBinary(t, cfgPath, filepath.Join(t.TempDir(), "csi.sock"))
 	if _, err := last.ctrl.DeleteVolume(opCtx(t), &csi.DeleteVolumeRequest{VolumeId: src2}); err != nil {
 		t.Fatal(err)
+	}
+
+	// DeleteSnapshot killed after the RBD snapshot went, and after its name
+	// was released (its index entry still there).
+	for _, point := range []string{"delete-snapshot/after-remove", "delete-snapshot/after-release"} {
+		n++
+		s, err := last.ctrl.CreateSnapshot(opCtx(t), &csi.CreateSnapshotRequest{Name: fmt.Sprintf("crash-delsnap-%d", n), SourceVolumeId: src})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = last.cmd.Process.Kill()
+		_ = last.cmd.Wait()
+		last = crashAt(t, point, func(ctx context.Context, p *proc) error {
+			_, err := p.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: s.GetSnapshot().GetSnapshotId()})
+			return err
+		})
 	}
 
 	// DeleteVolume killed after the image went (or was set aside for a
@@ -183,7 +225,22 @@ func TestCrashMatrix(t *testing.T) {
 	if snaps, _, err := reg.Snapshots(ctx, "", "", 100); err != nil || len(snaps) > 0 {
 		left = append(left, fmt.Sprintf("snapshot index: %v %v", snaps, err))
 	}
-	for _, k := range []records.Kind{records.KindVolume, records.KindSnapshot} {
+	// Name reservations (objects of their own, hashed names).
+	objs, err := exec.CommandContext(ctx, "rados", "-c", c1.Conf, "-p", "volumes", "ls").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range strings.Fields(string(objs)) {
+		for _, prefix := range []string{"basalt.name.", "basalt.snapname.", "basalt.groupname."} {
+			if strings.HasPrefix(o, prefix) {
+				left = append(left, "name reservation "+o)
+			}
+		}
+	}
+	if groups, err := reg.Groups(ctx, 100); err != nil || len(groups) > 0 {
+		left = append(left, fmt.Sprintf("group index: %v %v", groups, err))
+	}
+	for _, k := range []records.Kind{records.KindVolume, records.KindSnapshot, records.KindGroup} {
 		if p, err := reg.Pending(ctx, k, 100); err != nil || len(p) > 0 {
 			left = append(left, fmt.Sprintf("pending %q: %v %v", k, p, err))
 		}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/basalt-csi/basalt/pkg/node/mapper"
+	"github.com/basalt-csi/basalt/pkg/provision"
+	"github.com/basalt-csi/basalt/pkg/volumeid"
 	"github.com/basalt-csi/basalt/test/testutil"
 )
 
@@ -276,25 +281,7 @@ func TestNodeMountVolumeLifecycle(t *testing.T) {
 	if left := n.leftovers(t, staging, target, staging2, target2); len(left) > 0 {
 		t.Fatalf("left after teardown: %v", left)
 	}
-	delEventually(t, d, vol)
-}
-
-// delEventually deletes a volume whose rbd-fuse daemon was killed: its
-// watch on the image lingers until the OSD times it out (about 30 s), until
-// then delete is refused as for any open image, and the CO retries.
-func delEventually(t *testing.T, d *testDriver, vol string) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		_, err := d.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: vol})
-		if err == nil {
-			return
-		}
-		if codeOf(err) != codes.FailedPrecondition || time.Now().After(deadline) {
-			t.Fatalf("delete after teardown: %v", err)
-		}
-		time.Sleep(2 * time.Second)
-	}
+	del(t, d, vol) // at once: the restart fenced the killed rbd-fuse's client
 }
 
 func TestNodeBlockVolume(t *testing.T) {
@@ -382,7 +369,7 @@ func TestNodeBlockVolume(t *testing.T) {
 	if left := n.leftovers(t, staging, target); len(left) > 0 {
 		t.Fatalf("left after teardown: %v", left)
 	}
-	delEventually(t, d, vol)
+	del(t, d, vol) // at once: the restart fenced the killed rbd-fuse's client
 }
 
 func TestNodeXFS(t *testing.T) {
@@ -479,54 +466,64 @@ func codeOf(err error) codes.Code {
 	return st
 }
 
-// A node plugin killed right after mapping, before it recorded the device:
-// the staging record written before the map lets the restarted plugin
-// unstage it (no device, rbd-fuse daemon or image watcher is left), and the
-// volume can then be deleted.
-func TestNodeKilledAfterMapLeavesNothing(t *testing.T) {
+// The node's crash matrix: the plugin SIGKILLed inside NodeStageVolume
+// (after the map, before the record says so) and inside NodeUnstageVolume
+// (after the unmount, and after the unmap), for filesystem and block
+// volumes; restarted, the CO's retry of the same call succeeds, and after
+// unstage nothing is left on the node (mount, loop device, rbd-fuse,
+// record) nor in Ceph once the volume is deleted.
+func TestNodeCrashMatrix(t *testing.T) {
 	d := startDriver(t, configYAML(), nil)
-	n := startNode(t, d, "node-crash", "BASALT_FAILPOINTS=node/after-map=kill")
 	ctx := tctx(t)
-	v := create(t, d, "pvc-node-crash", gib, map[string]string{"image": golden}, zoneReq("zone-a"))
-	vol := v.GetVolumeId()
-	vc := mountVC("ext4")
-	staging := filepath.Join(t.TempDir(), "staging")
-	must(t, os.MkdirAll(staging, 0o750))
-	_, err := publish(ctx, d.ctrl, vol, "node-crash", vc, false)
-	must(t, err)
-	if err := stage(ctx, n, vol, staging, vc); err == nil {
-		t.Fatal("stage succeeded through a kill failpoint")
-	}
-	_ = n.cmd.Wait()
-	if !strings.Contains(n.log.String(), "failpoint node/after-map: SIGKILL") {
-		t.Fatalf("the plugin did not die after mapping:\n%s", n.log)
-	}
-	n.env = nil
-	n.start()
-	_, err = n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
-	must(t, err)
-	if left := n.leftovers(t, staging); len(left) > 0 {
-		t.Fatalf("left on the node after unstage: %v\n%s", left, n.log)
-	}
-	unpublish(t, d.ctrl, vol, "node-crash")
-	deleteEventually(t, d, vol)
-}
-
-// deleteEventually deletes vol as a CO would, retrying while a killed
-// rbd-fuse's watch on the image expires (~30 s).
-func deleteEventually(t *testing.T, d *testDriver, vol string) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		_, err := d.ctrl.DeleteVolume(tctx(t), &csi.DeleteVolumeRequest{VolumeId: vol})
-		if err == nil {
-			return
+	i := 0
+	for _, point := range []string{"node/after-map", "node/after-unmount", "node/after-unmap"} {
+		for _, block := range []bool{false, true} {
+			i++
+			id := fmt.Sprintf("node-crash-%d", i)
+			n := startNode(t, d, id, "BASALT_FAILPOINTS="+point+"=kill")
+			v := create(t, d, "pvc-"+id, 256<<20, map[string]string{"image": golden}, zoneReq("zone-a"))
+			vol := v.GetVolumeId()
+			vc := mountVC("ext4")
+			if block {
+				vc = capFor(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, true)
+			}
+			staging := filepath.Join(t.TempDir(), "staging")
+			must(t, os.MkdirAll(staging, 0o750))
+			_, err := publish(ctx, d.ctrl, vol, id, vc, false)
+			must(t, err)
+			err = stage(ctx, n, vol, staging, vc)
+			if point != "node/after-map" {
+				must(t, err)
+				_, err = n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+			}
+			if err == nil {
+				t.Fatalf("%s: the call succeeded through a kill failpoint", point)
+			}
+			_ = n.cmd.Wait()
+			if !strings.Contains(n.log.String(), "failpoint "+point+": SIGKILL") {
+				t.Fatalf("the plugin did not die at %s:\n%s", point, n.log)
+			}
+			n.env = nil
+			n.start()
+			if point == "node/after-map" { // the CO retries the stage, then tears down
+				must(t, stage(ctx, n, vol, staging, vc))
+			}
+			_, err = n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+			if err != nil {
+				t.Fatalf("%s (block %v): unstage after the restart: %v\n%s", point, block, err, n.log)
+			}
+			if left := n.leftovers(t, staging); len(left) > 0 {
+				t.Fatalf("%s (block %v): left on the node after unstage: %v\n%s", point, block, left, n.log)
+			}
+			unpublish(t, d.ctrl, vol, id)
+			del(t, d, vol)
+			n.kill()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("delete after the node cleaned up: %v", err)
-		}
-		time.Sleep(time.Second)
 	}
+	if left := append(leftovers(t, d, c1, "volumes"), c1.images(t, "fast")...); len(left) > 0 {
+		t.Fatalf("left in Ceph: %v", left)
+	}
+	t.Logf("%d node crash points survived", i)
 }
 
 // Healing asks whether the CO still wants a volume: one unpublished while
@@ -558,5 +555,90 @@ func TestNodeHealingDoesNotResurrectUnwantedVolumes(t *testing.T) {
 	if left := n.leftovers(t, staging); len(left) > 0 {
 		t.Fatalf("left on the node: %v", left)
 	}
-	deleteEventually(t, d, vol)
+	del(t, d, vol) // at once: the teardown fenced the dead rbd-fuse's client
+}
+
+// basalt-csi check --node: a mapping no staging record accounts for, a
+// staged volume whose rbd-fuse died, and a key file a killed krbd command
+// left are found; --repair unmaps the orphan and removes the key file but
+// leaves the dead mapping to healing (and so still exits non-zero); after
+// the plugin's restart heals it, the node is clean.
+func TestNodeCheckFindsAndRepairs(t *testing.T) {
+	d := startDriver(t, configYAML(), nil)
+	n := startNode(t, d, "node-check")
+	ctx := tctx(t)
+	vc := mountVC("ext4")
+	root := t.TempDir()
+	var vols, stagings []string
+	for _, name := range []string{"orphan", "dead"} {
+		v := create(t, d, "pvc-node-check-"+name, 256<<20, map[string]string{"image": golden, "backend": "a-std"}, nil)
+		staging := filepath.Join(root, name)
+		must(t, os.MkdirAll(staging, 0o750))
+		_, err := publish(ctx, d.ctrl, v.GetVolumeId(), n.id, vc, false)
+		must(t, err)
+		must(t, stage(ctx, n, v.GetVolumeId(), staging, vc))
+		vols, stagings = append(vols, v.GetVolumeId()), append(stagings, staging)
+	}
+	check := func(args ...string) (map[string]string, error) {
+		t.Helper()
+		out, err := exec.Command(binary, append([]string{"check", "--node", "--state-dir", n.stateDir, "--mapper", "fuse", "-o", "json"}, args...)...).Output()
+		var found []provision.Finding
+		if jerr := json.Unmarshal(out, &found); jerr != nil {
+			t.Fatalf("check --node %v: %v, output %q: %v", args, err, out, jerr)
+		}
+		got := map[string]string{}
+		for _, f := range found {
+			got[f.Object] = f.Kind
+			if f.Repaired {
+				got[f.Object] += " repaired"
+			}
+		}
+		return got, err
+	}
+	if got, err := check(); err != nil || len(got) != 0 {
+		t.Fatalf("check of a clean node: %v %v", got, err)
+	}
+
+	// The plugin is down; someone unmounted the first volume and removed its
+	// record by hand; the second's rbd-fuse died; a key file is an hour old.
+	n.kill()
+	orphanImage := "volumes/" + imageOf(t, &csi.Volume{VolumeId: vols[0]})
+	if out, err := exec.Command("umount", stagings[0]).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v %s", err, out)
+	}
+	uuid0, _ := volumeid.Parse(vols[0])
+	must(t, os.Remove(filepath.Join(n.stateDir, "volumes", uuid0.UUID+".json")))
+	deadDir := filepath.Join(n.stateDir, "fuse", "volumes", imageOf(t, &csi.Volume{VolumeId: vols[1]}))
+	dead := mapper.RBDFusePIDs(func(mp string) bool { return mp == deadDir })
+	if len(dead) != 1 {
+		t.Fatalf("%d rbd-fuse daemons for the second volume", len(dead))
+	}
+	must(t, syscall.Kill(dead[0], syscall.SIGKILL))
+	key := filepath.Join(n.stateDir, "keys", "client.basalt-node.key")
+	must(t, os.MkdirAll(filepath.Dir(key), 0o700))
+	must(t, os.WriteFile(key, []byte("x"), 0o600))
+	old := time.Now().Add(-time.Hour)
+	must(t, os.Chtimes(key, old, old))
+	time.Sleep(time.Second) // the daemon's death reaches its mount
+
+	want := map[string]string{orphanImage: "orphan-mapping", vols[1]: "dead-mapping", key: "orphan-key-file"}
+	if got, err := check(); err == nil || !maps.Equal(got, want) {
+		t.Fatalf("check found %v (%v), want %v", got, err, want)
+	}
+	want = map[string]string{orphanImage: "orphan-mapping repaired", vols[1]: "dead-mapping", key: "orphan-key-file repaired"}
+	if got, err := check("--repair"); err == nil || !maps.Equal(got, want) {
+		t.Fatalf("check --repair: %v (%v), want %v", got, err, want)
+	}
+	n.start() // heals the second volume
+	if got, err := check(); err != nil || len(got) != 0 {
+		t.Fatalf("check after the repair and the restart: %v %v\n%s", got, err, n.log)
+	}
+	unstage(t, n, vols[1], stagings[1])
+	if left := n.leftovers(t, stagings...); len(left) > 0 {
+		t.Fatalf("left on the node: %v", left)
+	}
+	for _, v := range vols {
+		unpublish(t, d.ctrl, v, n.id)
+		del(t, d, v)
+	}
 }

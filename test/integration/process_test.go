@@ -3,7 +3,9 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/basalt-csi/basalt/pkg/provision"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
@@ -243,26 +246,45 @@ func TestRetryAfterSIGKILLMidBurstSucceeds(t *testing.T) {
 	}
 }
 
-// basalt-csi check finds an image no record accounts for and an index entry
-// whose image is gone; --repair removes both; a live volume is untouched.
+// basalt-csi check finds an image no record accounts for, an index entry
+// whose image is gone, an RBD snapshot no snapshot record accounts for and
+// a snapshot entry whose RBD snapshot is gone; --repair removes them all; a
+// live volume and its snapshot are untouched.
 func TestCheckFindsAndRepairsLeftovers(t *testing.T) {
 	d := startDriver(t, configYAML(), nil)
 	ctx := tctx(t)
 	live := create(t, d, "pvc-check-live", 0, map[string]string{"image": golden, "backend": "a-std"}, nil)
 	defer del(t, d, live.GetVolumeId())
+	liveSnap := snapshot(t, d, "snap-check-live", live.GetVolumeId())
+	defer delSnap(t, d, liveSnap.GetSnapshotId())
 	orphan := "basalt-" + volumeid.NewUUID()
 	c1.rbd(t, "clone", golden, "volumes/"+orphan)
 	cl, _, _ := d.mgr.Get("a-std")
 	ghost, _ := volumeid.New(cl.ClusterID(), cl.PoolID())
 	must(t, registry(t, d).IndexVolume(ctx, records.VolumeEntry{VolumeID: ghost.String(), Name: "ghost", Backend: "a-std", SizeBytes: 1}))
+	orphanSnap := imageOf(t, live) + "@" + volumeid.SnapPrefix + volumeid.NewUUID()
+	c1.rbd(t, "snap", "create", "volumes/"+orphanSnap)
+	ghostSnap := snapshot(t, d, "snap-check-ghost", live.GetVolumeId())
+	sid, _ := volumeid.ParseSnapshot(ghostSnap.GetSnapshotId())
+	c1.rbd(t, "snap", "rm", "volumes/"+imageOf(t, live)+"@"+sid.SnapName())
 
 	run := func(args ...string) (string, error) {
 		out, err := exec.Command(binary, append([]string{"check", "--config", cfgPath, "-o", "json"}, args...)...).Output()
 		return string(out), err
 	}
 	out, err := run()
-	if err == nil || !strings.Contains(out, orphan) || !strings.Contains(out, ghost.String()) || strings.Contains(out, imageOf(t, live)) {
-		t.Fatalf("check: %v\n%s", err, out)
+	if err == nil {
+		t.Fatalf("check found nothing:\n%s", out)
+	}
+	var found []provision.Finding
+	must(t, json.Unmarshal([]byte(out), &found))
+	got := map[string]string{}
+	for _, f := range found {
+		got[f.Object] = f.Kind
+	}
+	want := map[string]string{orphan: "orphan-image", ghost.String(): "ghost-volume", orphanSnap: "orphan-snapshot", ghostSnap.GetSnapshotId(): "ghost-snapshot"}
+	if !maps.Equal(got, want) {
+		t.Fatalf("check found %v, want %v", got, want)
 	}
 	if out, err := run("--repair"); err != nil {
 		t.Fatalf("check --repair: %v\n%s", err, out)
@@ -273,4 +295,15 @@ func TestCheckFindsAndRepairsLeftovers(t *testing.T) {
 	if imgs := c1.images(t, "volumes"); len(imgs) != 1 || imgs[0] != imageOf(t, live) {
 		t.Fatalf("images after the repair: %v", imgs)
 	}
+	snaps, err := d.ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SourceVolumeId: live.GetVolumeId()})
+	must(t, err)
+	if e := snaps.GetEntries(); len(e) != 1 || e[0].GetSnapshot().GetSnapshotId() != liveSnap.GetSnapshotId() {
+		t.Fatalf("snapshots after the repair: %v", e)
+	}
+	// The ghost's name was released with its entry: the name is free again.
+	again := snapshot(t, d, "snap-check-ghost", live.GetVolumeId())
+	if again.GetSnapshotId() == ghostSnap.GetSnapshotId() {
+		t.Fatal("the repaired ghost snapshot's name still reserved its old ID")
+	}
+	delSnap(t, d, again.GetSnapshotId())
 }

@@ -202,6 +202,52 @@ func (f *FUSE) Check(ctx context.Context, s Spec, m Mapping) error {
 	return Gone("loop device %s is no longer backed by %s", m.Device, file)
 }
 
+// List implements Mapper: every <base>/<pool>/<image> directory (an rbd-fuse
+// mount point, live or dead) with the loop device backed by its file, and
+// loop devices left on such files whose directory is gone.
+func (f *FUSE) List(ctx context.Context) ([]Mapped, error) {
+	loops, err := f.loops(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byDir := map[string]*Mapped{}
+	var order []string
+	add := func(pool, image string) *Mapped {
+		dir := filepath.Join(f.baseDir, pool, image)
+		if byDir[dir] == nil {
+			byDir[dir] = &Mapped{Spec{Pool: pool, Image: image}, Mapping{Mapper: f.Name(), Dir: dir}}
+			order = append(order, dir)
+		}
+		return byDir[dir]
+	}
+	dirs, _ := filepath.Glob(filepath.Join(f.baseDir, "*", "*"))
+	for _, d := range dirs {
+		// A dead FUSE mount cannot be stat'ed, but is a mount point.
+		if st, err := os.Lstat(d); (err == nil && st.IsDir()) || IsMountPoint(d) {
+			add(filepath.Base(filepath.Dir(d)), filepath.Base(d))
+		}
+	}
+	for _, l := range loops {
+		// The back file is <base>/<pool>/<image>/<image> (a dead daemon's
+		// file may show " (deleted)").
+		back := strings.TrimSuffix(l.BackFile, " (deleted)")
+		rel, err := filepath.Rel(f.baseDir, back)
+		parts := strings.Split(rel, string(filepath.Separator))
+		if err != nil || len(parts) != 3 || parts[0] == ".." {
+			continue
+		}
+		m := add(parts[0], parts[1])
+		if m.Mapping.Device == "" {
+			m.Mapping.Device = l.Name
+		}
+	}
+	out := make([]Mapped, 0, len(order))
+	for _, d := range order {
+		out = append(out, *byDir[d])
+	}
+	return out, nil
+}
+
 func fileAlive(file string) bool {
 	st, err := os.Stat(file)
 	return err == nil && st.Mode().IsRegular()

@@ -78,6 +78,21 @@ func (k *KRBD) list(ctx context.Context, s Spec) ([]krbdDevice, error) {
 	return devs, nil
 }
 
+// List implements Mapper.
+func (k *KRBD) List(ctx context.Context) ([]Mapped, error) {
+	devs, err := k.list(ctx, Spec{})
+	if err != nil {
+		return nil, err
+	}
+	var out []Mapped
+	for _, d := range devs {
+		if d.isImage(Spec{Pool: d.Pool, Image: d.Name}) {
+			out = append(out, Mapped{Spec{Pool: d.Pool, Image: d.Name}, Mapping{Mapper: k.Name(), Device: d.Device}})
+		}
+	}
+	return out, nil
+}
+
 // Map implements Mapper.
 func (k *KRBD) Map(ctx context.Context, s Spec) (Mapping, error) {
 	if s.Pool == "" || s.Image == "" {

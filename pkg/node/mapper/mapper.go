@@ -34,6 +34,16 @@ type Mapping struct {
 	Mapper string `json:"mapper"`
 	Device string `json:"device"`
 	Dir    string `json:"dir,omitempty"` // rbd-fuse mount point
+	// Client is the Ceph client address of the daemon serving the mapping
+	// (rbd-fuse, rbd-nbd), when the node could tell it: fenced if the
+	// daemon dies, so its watch does not hold the image ~30 s.
+	Client string `json:"client,omitempty"`
+}
+
+// Mapped is one mapping found on the host.
+type Mapped struct {
+	Spec    Spec
+	Mapping Mapping
 }
 
 // ErrGone marks a Check that found the mapping dead (as opposed to one that
@@ -60,6 +70,9 @@ type Mapper interface {
 	// Check returns nil while the mapping is alive (its device still reaches
 	// the image), an error wrapping ErrGone when it is dead.
 	Check(ctx context.Context, spec Spec, m Mapping) error
+	// List returns every image head this mapper has mapped on the host
+	// (Spec names only Pool and Image), for the node's invariant check.
+	List(ctx context.Context) ([]Mapped, error)
 }
 
 // Runner runs external commands. Tests replace it to check command lines

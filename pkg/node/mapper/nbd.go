@@ -72,6 +72,21 @@ func (n *NBD) list(ctx context.Context) ([]nbdDevice, error) {
 	return devs, nil
 }
 
+// List implements Mapper.
+func (n *NBD) List(ctx context.Context) ([]Mapped, error) {
+	devs, err := n.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Mapped
+	for _, d := range devs {
+		if d.isImage(Spec{Pool: d.Pool, Image: d.Image}) {
+			out = append(out, Mapped{Spec{Pool: d.Pool, Image: d.Image}, Mapping{Mapper: n.Name(), Device: d.Device}})
+		}
+	}
+	return out, nil
+}
+
 // served finds the live rbd-nbd entry for device (nil if there is none).
 func (n *NBD) served(ctx context.Context, device string) (*nbdDevice, error) {
 	devs, err := n.list(ctx)

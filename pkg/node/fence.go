@@ -1,0 +1,68 @@
+package node
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+
+	"github.com/basalt-csi/basalt/pkg/node/mapper"
+)
+
+// A daemon mapper's process (rbd-fuse, rbd-nbd) is the image's Ceph client.
+// When it dies (killed with the plugin's container, OOM, a crash), its
+// watch on the image stays ~30 s, during which DeleteVolume sees the image
+// in use. The node knows when such a daemon of its own is dead, so it
+// blocklists that client, as the controller does with its predecessor.
+// Knowing the address takes care: it is recorded only when it is certain,
+// i.e. the image had no watcher before the map and has exactly one after;
+// otherwise (a shared image, a map that reused a mapping) nothing is
+// recorded and the watch simply expires. krbd is never fenced: the kernel
+// client is shared by every krbd mapping of the host.
+
+// mapTracked maps spec for volumeID and records the new daemon's client
+// address when certain. ignore is an address already fenced, whose watch
+// may linger a moment.
+func (s *Service) mapTracked(ctx context.Context, volumeID string, spec mapper.Spec, ignore string) (mapper.Mapping, error) {
+	track := s.Clients != nil && s.Mapper.Name() != "krbd"
+	var before []string
+	var berr error
+	if track {
+		before, berr = s.clientsBut(ctx, volumeID, ignore)
+	}
+	m, err := s.Mapper.Map(ctx, spec)
+	if err != nil || !track || berr != nil || len(before) > 0 {
+		return m, err
+	}
+	if after, err := s.clientsBut(ctx, volumeID, ignore); err == nil && len(after) == 1 {
+		m.Client = after[0]
+	}
+	return m, nil
+}
+
+func (s *Service) clientsBut(ctx context.Context, volumeID, ignore string) ([]string, error) {
+	c, err := s.Clients(ctx, volumeID)
+	return slices.DeleteFunc(c, func(a string) bool { return a == ignore }), err
+}
+
+// fenceDead blocklists the client of rec's daemon if its watch is still on
+// the image, and returns the address it fenced ("" if none). Call it only
+// right after an Unmap of rec succeeded: the daemon is then gone for sure
+// (a clean exit closed the image and took the watch away; a killed or dead
+// daemon left it). Before that, a mapping that merely looks broken (its
+// staging mount missing) may have a live daemon that must not be fenced.
+func (s *Service) fenceDead(ctx context.Context, log *slog.Logger, rec *Record) string {
+	addr := rec.Mapping.Client
+	if addr == "" || s.Fence == nil {
+		return ""
+	}
+	now, err := s.Clients(ctx, rec.VolumeID)
+	if err != nil || !slices.Contains(now, addr) {
+		return "" // gone with the daemon (or cannot tell: it expires anyway)
+	}
+	if err := s.Fence(ctx, rec.VolumeID, addr); err != nil {
+		log.Warn("could not blocklist the Ceph client of a dead mapping; its watch expires in about 30 s", "client", addr, "error", err)
+		return ""
+	}
+	log.Info("blocklisted the Ceph client of a dead mapping, releasing its watch", "client", addr, "device", rec.Mapping.Device)
+	return addr
+}
