@@ -368,14 +368,6 @@ func (s *Service) Publish(ctx context.Context, req PublishRequest) error {
 	if err := s.verifyStaged(ctx, rec); err != nil {
 		return status.Errorf(codes.FailedPrecondition, "volume %s is not usable at %s: %v", req.VolumeID, req.StagingPath, err)
 	}
-	if mounted, err := s.Mounts.IsMounted(req.TargetPath); err != nil {
-		return status.Error(codes.Internal, err.Error())
-	} else if mounted {
-		if i := rec.target(req.TargetPath); i >= 0 && rec.Targets[i].ReadOnly != req.ReadOnly {
-			return status.Errorf(codes.AlreadyExists, "%s is already published with readonly=%v", req.TargetPath, rec.Targets[i].ReadOnly)
-		}
-		return nil // idempotent
-	}
 	if req.SingleWriter {
 		for _, t := range rec.Targets {
 			if t.Path != req.TargetPath {
@@ -383,8 +375,23 @@ func (s *Service) Publish(ctx context.Context, req PublishRequest) error {
 			}
 		}
 	}
-	if err := s.bind(ctx, rec, req.TargetPath, req.ReadOnly, req.MountFlags); err != nil {
+	if mounted, err := s.Mounts.IsMounted(req.TargetPath); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	} else if mounted {
+		i := rec.target(req.TargetPath)
+		if i >= 0 && rec.Targets[i].ReadOnly != req.ReadOnly {
+			return status.Errorf(codes.AlreadyExists, "%s is already published with readonly=%v", req.TargetPath, rec.Targets[i].ReadOnly)
+		}
+		if i >= 0 {
+			return nil // idempotent
+		}
+		// Bound by a publish killed before it recorded the target: record it
+		// now, so unstage and healing know it.
+	} else if err := s.bind(ctx, rec, req.TargetPath, req.ReadOnly, req.MountFlags); err != nil {
 		return err
+	}
+	if err := failpoint.Hit("node/after-bind"); err != nil {
+		return toInternal(err)
 	}
 	if rec.target(req.TargetPath) < 0 {
 		rec.Targets = append(rec.Targets, Target{Path: req.TargetPath, ReadOnly: req.ReadOnly})
@@ -443,6 +450,9 @@ func (s *Service) Unpublish(ctx context.Context, volumeID, target string) error 
 		if err := s.Mounts.UnmountLazy(ctx, target); err != nil {
 			return status.Error(codes.Internal, err.Error())
 		}
+	}
+	if err := failpoint.Hit("node/after-unbind"); err != nil {
+		return toInternal(err)
 	}
 	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return status.Errorf(codes.Internal, "removing %s: %v", target, err)

@@ -10,6 +10,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/basalt-csi/basalt/pkg/access"
+	"github.com/basalt-csi/basalt/pkg/failpoint"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
@@ -92,6 +93,9 @@ func (p *Provisioner) Publish(ctx context.Context, req PublishRequest) (map[stri
 		// Index first: a crash in between leaves an over-count, never an under-count.
 		if err := reg.IndexAttachment(ctx, rec); err != nil {
 			return nil, classify(err, "indexing the attachment")
+		}
+		if err := failpoint.Hit("publish/after-index"); err != nil {
+			return nil, classify(err, "publishing "+req.VolumeID)
 		}
 		atts.Items = append(atts.Items, rec)
 		err = reg.SaveAttachments(ctx, id.UUID, atts)
@@ -178,6 +182,9 @@ func (p *Provisioner) Unpublish(ctx context.Context, volumeID, nodeID string) er
 		}
 		if err != nil {
 			return classify(err, "writing the attachments of "+volumeID)
+		}
+		if err := failpoint.Hit("unpublish/after-save"); err != nil {
+			return classify(err, "unpublishing "+volumeID)
 		}
 		for _, n := range gone {
 			if err := reg.UnindexAttachment(ctx, n, volumeID); err != nil {

@@ -581,10 +581,12 @@ func TestSecondControllerDoesNotResumeALiveCreate(t *testing.T) {
 	del(t, b, resp.GetVolume().GetVolumeId())
 }
 
-// Two controllers serve the same backends and get a burst of creates and
-// deletes of overlapping names (each name through both): every name ends
-// with exactly one volume both agree on, deletes through either succeed,
-// and nothing is left.
+// Two controllers serve the same backends and get a burst of creates,
+// publishes, unpublishes and deletes of overlapping names and volumes (each
+// through both): every name ends with exactly one volume both agree on, a
+// single-node-writer volume published to two nodes at once through the two
+// controllers lands on exactly one, unpublishes and deletes through either
+// succeed, and nothing is left.
 func TestTwoControllersBurst(t *testing.T) {
 	a := startDriver(t, configYAML(), nil)
 	b := startDriver(t, configYAML(), nil)
@@ -624,6 +626,70 @@ func TestTwoControllersBurst(t *testing.T) {
 	}
 	if imgs := append(c1.images(t, "volumes"), c1.images(t, "fast")...); len(imgs) != n {
 		t.Fatalf("%d images for %d names: %v", len(imgs), n, imgs)
+	}
+	// Each controller publishes every volume to its own node at once.
+	nodes := []string{"two-burst-a", "two-burst-b"}
+	for _, node := range nodes {
+		must(t, registry(t, a).RegisterNode(tctx(t), records.Node{ID: node, Zone: "zone-a"}))
+	}
+	retryAborted := func(f func() error) error {
+		for k := 0; ; k++ {
+			err := f()
+			if status.Code(err) != codes.Aborted || k == 50 {
+				return err
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	won := make([][2]bool, n)
+	vc := capFor(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, false)
+	for i := range ids {
+		for j, d := range ctrls {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := retryAborted(func() error { _, err := publish(tctx(t), d.ctrl, ids[i][0], nodes[j], vc, false); return err })
+				switch status.Code(err) {
+				case codes.OK:
+					won[i][j] = true
+				case codes.FailedPrecondition: // published to the other node
+				default:
+					t.Errorf("publish %s to %s: %v", ids[i][0], nodes[j], err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for i := range ids {
+		if won[i][0] == won[i][1] {
+			t.Errorf("volume %s: publishes to both nodes succeeded=%v, want exactly one", ids[i][0], won[i][0])
+		}
+		if got := publishedNodes(t, a.ctrl, ids[i][0]); len(got) != 1 {
+			t.Errorf("volume %s is published to %v", ids[i][0], got)
+		}
+	}
+	// Both controllers unpublish both nodes of every volume at once.
+	for i := range ids {
+		for _, d := range ctrls {
+			for _, node := range nodes {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := retryAborted(func() error {
+						_, err := d.ctrl.ControllerUnpublishVolume(tctx(t), &csi.ControllerUnpublishVolumeRequest{VolumeId: ids[i][0], NodeId: node})
+						return err
+					}); err != nil {
+						t.Errorf("unpublish %s from %s: %v", ids[i][0], node, err)
+					}
+				}()
+			}
+		}
+	}
+	wg.Wait()
+	for _, node := range nodes {
+		if atts, err := registry(t, a).NodeAttachments(tctx(t), node); err != nil || len(atts) > 0 {
+			t.Fatalf("attachments of %s left: %v %v", node, atts, err)
+		}
 	}
 	for i := range ids {
 		for _, d := range ctrls {

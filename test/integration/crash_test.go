@@ -203,6 +203,47 @@ func TestCrashMatrix(t *testing.T) {
 			}
 		}
 	}
+	// ControllerPublish killed between indexing the attachment for the node
+	// and writing it, ControllerUnpublish between removing it and dropping
+	// the node's index entry: the retries finish, and neither the volume
+	// nor the node keeps an attachment.
+	const crashNode = "crash-node"
+	reg0 := registry(t, startDriver(t, configYAML(), nil))
+	if err := reg0.RegisterNode(opCtx(t), records.Node{ID: crashNode, Zone: "zone-a"}); err != nil {
+		t.Fatal(err)
+	}
+	vc := mountCap()[0]
+	for _, point := range []string{"publish/after-index", "unpublish/after-save"} {
+		n++
+		_ = last.cmd.Process.Kill()
+		_ = last.cmd.Wait()
+		pub := &csi.ControllerPublishVolumeRequest{VolumeId: src, NodeId: crashNode, VolumeCapability: vc}
+		unpub := &csi.ControllerUnpublishVolumeRequest{VolumeId: src, NodeId: crashNode}
+		if point == "unpublish/after-save" { // published first, by an unarmed process
+			p := startBinary(t, cfgPath, filepath.Join(t.TempDir(), "csi.sock"))
+			if _, err := p.ctrl.ControllerPublishVolume(opCtx(t), pub); err != nil {
+				t.Fatal(err)
+			}
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+		last = crashAt(t, point, func(ctx context.Context, p *proc) error {
+			var err error
+			if point == "publish/after-index" {
+				_, err = p.ctrl.ControllerPublishVolume(ctx, pub)
+			} else {
+				_, err = p.ctrl.ControllerUnpublishVolume(ctx, unpub)
+			}
+			return err
+		})
+		if _, err := last.ctrl.ControllerUnpublishVolume(opCtx(t), unpub); err != nil { // idempotent after the second
+			t.Fatal(err)
+		}
+	}
+	if atts, err := reg0.NodeAttachments(opCtx(t), crashNode); err != nil || len(atts) > 0 {
+		t.Fatalf("node index after the publish crashes: %v %v", atts, err)
+	}
+
 	ctx = opCtx(t)
 	if _, err := last.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapResp.GetSnapshot().GetSnapshotId()}); err != nil {
 		t.Fatal(err)

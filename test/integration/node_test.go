@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 	"github.com/basalt-csi/basalt/pkg/provision"
@@ -466,54 +467,96 @@ func codeOf(err error) codes.Code {
 	return st
 }
 
-// The node's crash matrix: the plugin SIGKILLed inside NodeStageVolume
-// (after the map, before the record says so) and inside NodeUnstageVolume
-// (after the unmount, and after the unmap), for filesystem and block
-// volumes; restarted, the CO's retry of the same call succeeds, and after
-// unstage nothing is left on the node (mount, loop device, rbd-fuse,
-// record) nor in Ceph once the volume is deleted.
+// The node's crash matrix: the plugin SIGKILLed at each of its failpoints
+// (inside NodeStageVolume after the map, NodePublishVolume after the bind,
+// NodeUnpublishVolume after the unmount, NodeUnstageVolume after the
+// unmount and after the unmap), for filesystem and block volumes. The
+// restarted plugin answers the CO's retry of the interrupted call, the
+// rest of the lifecycle follows, and after it nothing is left on the node
+// (mount, loop device, rbd-fuse, record) nor in Ceph.
 func TestNodeCrashMatrix(t *testing.T) {
 	d := startDriver(t, configYAML(), nil)
 	ctx := tctx(t)
+	type call struct {
+		name  string
+		point string // the failpoint inside this call
+		do    func(n *nodePlugin, vol, staging, target string, vc *csi.VolumeCapability) error
+	}
+	calls := []call{
+		{"stage", "node/after-map", func(n *nodePlugin, vol, staging, _ string, vc *csi.VolumeCapability) error {
+			return stage(ctx, n, vol, staging, vc)
+		}},
+		{"publish", "node/after-bind", func(n *nodePlugin, vol, staging, target string, vc *csi.VolumeCapability) error {
+			if err := nodePublish(ctx, n, vol, staging, target, vc, false); err != nil {
+				return err
+			}
+			// The target is recorded (a retry that found it bound records
+			// it too): unstage refuses for that reason, not another.
+			_, err := n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "still published") {
+				return fmt.Errorf("unstage while published: %v", err)
+			}
+			return nil
+		}},
+		{"unpublish", "node/after-unbind", func(n *nodePlugin, vol, _, target string, _ *csi.VolumeCapability) error {
+			_, err := n.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target})
+			return err
+		}},
+		{"unstage", "node/after-unmount", nil},
+		{"unstage", "node/after-unmap", nil},
+	}
+	unstageCall := func(n *nodePlugin, vol, staging, _ string, _ *csi.VolumeCapability) error {
+		_, err := n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+		return err
+	}
+	lifecycle := []string{"stage", "publish", "unpublish", "unstage"}
+	byName := map[string]call{}
+	for _, c := range calls {
+		if c.do == nil {
+			c.do = unstageCall
+		}
+		if _, ok := byName[c.name]; !ok {
+			byName[c.name] = c
+		}
+	}
 	i := 0
-	for _, point := range []string{"node/after-map", "node/after-unmount", "node/after-unmap"} {
+	for _, armed := range calls {
 		for _, block := range []bool{false, true} {
 			i++
 			id := fmt.Sprintf("node-crash-%d", i)
-			n := startNode(t, d, id, "BASALT_FAILPOINTS="+point+"=kill")
+			n := startNode(t, d, id, "BASALT_FAILPOINTS="+armed.point+"=kill")
 			v := create(t, d, "pvc-"+id, 256<<20, map[string]string{"image": golden}, zoneReq("zone-a"))
 			vol := v.GetVolumeId()
 			vc := mountVC("ext4")
 			if block {
 				vc = capFor(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, true)
 			}
-			staging := filepath.Join(t.TempDir(), "staging")
+			root := t.TempDir()
+			staging, target := filepath.Join(root, "staging"), filepath.Join(root, "target")
 			must(t, os.MkdirAll(staging, 0o750))
 			_, err := publish(ctx, d.ctrl, vol, id, vc, false)
 			must(t, err)
-			err = stage(ctx, n, vol, staging, vc)
-			if point != "node/after-map" {
-				must(t, err)
-				_, err = n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
+			for _, name := range lifecycle {
+				c := byName[name]
+				err := c.do(n, vol, staging, target, vc)
+				if name == armed.name && n.env != nil {
+					if err == nil {
+						t.Fatalf("%s: %s succeeded through a kill failpoint", armed.point, name)
+					}
+					_ = n.cmd.Wait()
+					if !strings.Contains(n.log.String(), "failpoint "+armed.point+": SIGKILL") {
+						t.Fatalf("the plugin did not die at %s (%v):\n%s", armed.point, err, n.log)
+					}
+					n.env = nil
+					n.start()
+					err = c.do(n, vol, staging, target, vc) // the CO's retry
+				}
+				if err != nil {
+					t.Fatalf("%s (block %v): %s: %v\n%s", armed.point, block, name, err, n.log)
+				}
 			}
-			if err == nil {
-				t.Fatalf("%s: the call succeeded through a kill failpoint", point)
-			}
-			_ = n.cmd.Wait()
-			if !strings.Contains(n.log.String(), "failpoint "+point+": SIGKILL") {
-				t.Fatalf("the plugin did not die at %s:\n%s", point, n.log)
-			}
-			n.env = nil
-			n.start()
-			if point == "node/after-map" { // the CO retries the stage, then tears down
-				must(t, stage(ctx, n, vol, staging, vc))
-			}
-			_, err = n.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: staging})
-			if err != nil {
-				t.Fatalf("%s (block %v): unstage after the restart: %v\n%s", point, block, err, n.log)
-			}
-			if left := n.leftovers(t, staging); len(left) > 0 {
-				t.Fatalf("%s (block %v): left on the node after unstage: %v\n%s", point, block, left, n.log)
+			if left := n.leftovers(t, staging, target); len(left) > 0 {
+				t.Fatalf("%s (block %v): left on the node: %v\n%s", armed.point, block, left, n.log)
 			}
 			unpublish(t, d.ctrl, vol, id)
 			del(t, d, vol)

@@ -200,10 +200,11 @@ func retryable(err error) bool {
 	return false
 }
 
-// A load of creates, snapshots and deletes while the OSD of the backend's
-// cluster is stalled (SIGSTOP) for longer than the Ceph timeout: no crash,
-// every answer is a success or a retryable code, the CO's retries after
-// the stall succeed, and once everything is deleted nothing is left.
+// A load of creates, snapshots, deletes, publishes and unpublishes while
+// the monitor and the OSD of the backend's cluster are stalled (SIGSTOP)
+// for longer than the Ceph timeout: no crash, every answer is a success or
+// a retryable code, the CO's retries after the stall succeed, and once
+// everything is deleted nothing is left.
 func TestOutageUnderLoad(t *testing.T) {
 	d := startDriver(t, strings.Replace(configYAML(), "cephTimeoutSeconds: 20", "cephTimeoutSeconds: 3", 1), nil)
 	pin := map[string]string{"image": golden, "backend": "a-std"}
@@ -236,10 +237,42 @@ func TestOutageUnderLoad(t *testing.T) {
 			return err
 		}}
 	}
-	// A base volume for the snapshots, made before the stall.
-	if err := create("load-base").run(tctx(t)); err != nil {
-		t.Fatal(err)
+	const node = "load-node"
+	must(t, registry(t, d).RegisterNode(tctx(t), records.Node{ID: node, Zone: "zone-a"}))
+	publishOp := func(vol string, on bool) op {
+		if on {
+			return op{"publish " + vol, func(ctx context.Context) error {
+				_, err := d.ctrl.ControllerPublishVolume(ctx, &csi.ControllerPublishVolumeRequest{VolumeId: vol, NodeId: node, VolumeCapability: mountCap()[0]})
+				return err
+			}}
+		}
+		return op{"unpublish " + vol, func(ctx context.Context) error {
+			_, err := d.ctrl.ControllerUnpublishVolume(ctx, &csi.ControllerUnpublishVolumeRequest{VolumeId: vol, NodeId: node})
+			return err
+		}}
 	}
+	deleteOp := func(name string) op {
+		return op{"delete " + name, func(ctx context.Context) error {
+			mu.Lock()
+			id := volumes[name]
+			mu.Unlock()
+			_, err := d.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+			if err == nil {
+				mu.Lock()
+				delete(volumes, name)
+				mu.Unlock()
+			}
+			return err
+		}}
+	}
+	// A base volume for the snapshots, volumes to delete and to publish,
+	// one published to unpublish: made before the stall.
+	for _, name := range []string{"load-base", "load-del-0", "load-del-1", "load-pub-0", "load-pub-1", "load-unpub"} {
+		if err := create(name).run(tctx(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(t, publishOp(volumes["load-unpub"], true).run(tctx(t)))
 	var ops []op
 	for i := 0; i < 12; i++ {
 		ops = append(ops, create(fmt.Sprintf("load-%d", i)))
@@ -247,17 +280,25 @@ func TestOutageUnderLoad(t *testing.T) {
 			ops = append(ops, snapshot(fmt.Sprintf("load-snap-%d", i), volumes["load-base"]))
 		}
 	}
+	ops = append(ops, deleteOp("load-del-0"), deleteOp("load-del-1"),
+		publishOp(volumes["load-pub-0"], true), publishOp(volumes["load-pub-1"], true), publishOp(volumes["load-unpub"], false))
 	failed := make([]bool, len(ops))
 	var wg sync.WaitGroup
 	paused := make(chan struct{})
 	go func() {
 		time.Sleep(300 * time.Millisecond)
 		pause(t, c1, "osd")
+		pause(t, c1, "mon")
 		close(paused)
 		time.Sleep(8 * time.Second)
+		resume(t, c1, "mon")
 		resume(t, c1, "osd")
 	}()
-	t.Cleanup(func() { _, _ = script(context.Background(), "ceph-cluster.sh", "resume", c1.Name, "osd") })
+	t.Cleanup(func() {
+		for _, daemon := range []string{"mon", "osd"} {
+			_, _ = script(context.Background(), "ceph-cluster.sh", "resume", c1.Name, daemon)
+		}
+	})
 	for i, o := range ops {
 		wg.Add(1)
 		go func() {
@@ -298,6 +339,12 @@ func TestOutageUnderLoad(t *testing.T) {
 	t.Logf("%d of %d operations failed during the stall, all retried successfully", nFailed, len(ops))
 	if _, err := d.ids.Probe(tctx(t), &csi.ProbeRequest{}); err != nil {
 		t.Fatal(err)
+	}
+	for _, name := range []string{"load-pub-0", "load-pub-1"} {
+		must(t, publishOp(volumes[name], false).run(tctx(t)))
+	}
+	if atts, err := registry(t, d).NodeAttachments(tctx(t), node); err != nil || len(atts) > 0 {
+		t.Fatalf("attachments of %s left: %v %v", node, atts, err)
 	}
 	for _, id := range snaps {
 		delSnap(t, d, id)
