@@ -84,14 +84,10 @@ func (k *KRBD) List(ctx context.Context) ([]Mapped, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []Mapped
-	for _, d := range devs {
-		if d.isImage(Spec{Pool: d.Pool, Image: d.Name}) {
-			out = append(out, Mapped{Spec{Pool: d.Pool, Image: d.Name}, Mapping{Mapper: k.Name(), Device: d.Device}})
-		}
-	}
-	return out, nil
+	return heads(devs, k.Name()), nil
 }
+
+func (d krbdDevice) mapped() (Spec, string) { return Spec{Pool: d.Pool, Image: d.Name}, d.Device }
 
 // Map implements Mapper.
 func (k *KRBD) Map(ctx context.Context, s Spec) (Mapping, error) {

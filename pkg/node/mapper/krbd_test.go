@@ -400,3 +400,26 @@ func TestKRBDCheckGoneOnlyWhenSeen(t *testing.T) {
 		t.Fatalf("a mapping that is not listed: %v, want ErrGone", err)
 	}
 }
+
+// List keeps image heads (a mapped snapshot is not a volume's mapping) for
+// both device-listing mappers.
+func TestListKeepsImageHeads(t *testing.T) {
+	krbd := &cliRecorder{reply: func([]string) ([]byte, error) {
+		return []byte(`[{"id":"0","pool":"volumes","namespace":"","name":"basalt-a","snap":"-","device":"/dev/rbd0"},
+{"id":"1","pool":"volumes","namespace":"","name":"basalt-a","snap":"s1","device":"/dev/rbd1"}]`), nil
+	}}
+	got, err := NewKRBD(krbd, t.TempDir()).List(context.Background())
+	want := []Mapped{{Spec{Pool: "volumes", Image: "basalt-a"}, Mapping{Mapper: "krbd", Device: "/dev/rbd0"}}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("krbd List = %v, %v; want %v", got, err, want)
+	}
+	nbd := &cliRecorder{reply: func([]string) ([]byte, error) {
+		return []byte(`[{"id":42,"pool":"volumes","namespace":"","image":"basalt-b","snap":"","device":"/dev/nbd0"},
+{"id":43,"pool":"volumes","namespace":"ns","image":"basalt-c","snap":"","device":"/dev/nbd1"}]`), nil
+	}}
+	got, err = NewNBD(nbd).List(context.Background())
+	want = []Mapped{{Spec{Pool: "volumes", Image: "basalt-b"}, Mapping{Mapper: "nbd", Device: "/dev/nbd0"}}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("nbd List = %v, %v; want %v", got, err, want)
+	}
+}

@@ -46,6 +46,23 @@ type Mapped struct {
 	Mapping Mapping
 }
 
+// listedDevice is an entry of a mapper's device listing.
+type listedDevice interface {
+	mapped() (Spec, string) // the image and the device
+	isImage(s Spec) bool    // the head of s (not a snapshot)
+}
+
+// heads keeps the devices that map image heads, as Mapped.
+func heads[D listedDevice](devs []D, mapper string) []Mapped {
+	var out []Mapped
+	for _, d := range devs {
+		if s, dev := d.mapped(); d.isImage(s) {
+			out = append(out, Mapped{s, Mapping{Mapper: mapper, Device: dev}})
+		}
+	}
+	return out
+}
+
 // ErrGone marks a Check that found the mapping dead (as opposed to one that
 // could not look, e.g. a listing command that failed): only then is healing
 // (re-mapping, lazily detaching the mounts above) the right answer.

@@ -78,14 +78,10 @@ func (n *NBD) List(ctx context.Context) ([]Mapped, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []Mapped
-	for _, d := range devs {
-		if d.isImage(Spec{Pool: d.Pool, Image: d.Image}) {
-			out = append(out, Mapped{Spec{Pool: d.Pool, Image: d.Image}, Mapping{Mapper: n.Name(), Device: d.Device}})
-		}
-	}
-	return out, nil
+	return heads(devs, n.Name()), nil
 }
+
+func (d nbdDevice) mapped() (Spec, string) { return Spec{Pool: d.Pool, Image: d.Image}, d.Device }
 
 // served finds the live rbd-nbd entry for device (nil if there is none).
 func (n *NBD) served(ctx context.Context, device string) (*nbdDevice, error) {
