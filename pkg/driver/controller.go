@@ -139,6 +139,41 @@ func (c *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequ
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
+// ControllerExpandVolume implements csi.ControllerServer: the image grows
+// (never shrinks), and a filesystem volume needs NodeExpandVolume.
+func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	cr := req.GetCapacityRange()
+	if cr == nil || cr.GetRequiredBytes() <= 0 && cr.GetLimitBytes() <= 0 {
+		return nil, invalid("capacity_range with required_bytes is required")
+	}
+	if cr.GetRequiredBytes() < 0 || cr.GetLimitBytes() < 0 {
+		return nil, invalid("capacity_range bytes must not be negative")
+	}
+	if vc := req.GetVolumeCapability(); vc != nil {
+		if err := validateCapability(vc); err != nil {
+			return nil, err
+		}
+	}
+	unlock, err := c.lock(ctx, provision.LockVolume(req.GetVolumeId()))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	size, err := c.Prov.Expand(ctx, req.GetVolumeId(), uint64(cr.GetRequiredBytes()), uint64(cr.GetLimitBytes()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.ControllerExpandVolumeResponse{
+		CapacityBytes: int64(size),
+		// A block volume is grown once the image is; a filesystem (or an
+		// unknown access type) needs the node.
+		NodeExpansionRequired: req.GetVolumeCapability().GetBlock() == nil,
+	}, nil
+}
+
 // ValidateVolumeCapabilities implements csi.ControllerServer.
 func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
@@ -274,6 +309,7 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
 		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}

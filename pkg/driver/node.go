@@ -57,7 +57,7 @@ func NodeLookups(p *provision.Provisioner) node.Lookups {
 		}
 		id, _ := volumeid.Parse(volumeID)
 		u, err := cl.Usage(ctx, id.ImageName())
-		return u.Clients, err
+		return node.SameHost(u.Clients, cl.ClientAddrs()), err
 	}
 	fence := func(ctx context.Context, volumeID, addr string) error {
 		_, _, cl, err := p.Lookup(volumeID)
@@ -96,7 +96,8 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 		Block: vc.GetBlock() != nil, FsType: vc.GetMount().GetFsType(), MountFlags: vc.GetMount().GetMountFlags(),
 		// CreateVolume's volume_context names the source image of a clone or
 		// copy; a context without one is a blank volume. No context: check.
-		MayNeedGrow: len(req.GetVolumeContext()) == 0 || req.GetVolumeContext()["source"] != "",
+		MayNeedGrow: len(req.GetVolumeContext()) == 0 || req.GetVolumeContext()["source"] != "" ||
+			req.GetPublishContext()[provision.PubExpanded] == "true",
 	})
 	if err != nil {
 		return nil, err
@@ -158,6 +159,29 @@ func (n *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
+// NodeExpandVolume implements csi.NodeServer.
+func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	if err := checkPath("volume_path", req.GetVolumePath()); err != nil {
+		return nil, err
+	}
+	if req.GetCapacityRange().GetRequiredBytes() < 0 {
+		return nil, invalid("capacity_range bytes must not be negative")
+	}
+	if vc := req.GetVolumeCapability(); vc != nil {
+		if err := validateCapability(vc); err != nil {
+			return nil, err
+		}
+	}
+	size, err := n.Svc.Expand(ctx, req.GetVolumeId(), filepath.Clean(req.GetVolumePath()), req.GetCapacityRange().GetRequiredBytes())
+	if err != nil {
+		return nil, err
+	}
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
+}
+
 // NodeGetVolumeStats implements csi.NodeServer.
 func (n *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	if req.GetVolumeId() == "" {
@@ -202,6 +226,7 @@ func (n *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequ
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})

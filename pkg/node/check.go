@@ -32,10 +32,12 @@ const keyFileGrace = 10 * time.Minute
 // dead mapping is only reported (restarting the plugin heals it, or the
 // CO's unstage removes it).
 //
-// It may run beside a live plugin: mappings are listed before records are
-// read, and a stage writes its record before it maps while an unstage
-// unmaps before it removes its record, so a mapping listed first always
-// has its record unless nothing accounts for it.
+// Reporting may run beside a live plugin: mappings are listed before
+// records are read, and a stage writes its record before it maps while an
+// unstage unmaps before it removes its record, so a mapping listed first
+// always has its record unless nothing accounts for it. Repair re-reads
+// the records right before each unmap, but a stage that begins in between
+// could still reuse the mapping it removes: repair with the plugin idle.
 func (s *Service) Check(ctx context.Context, repair bool, keyDir string) ([]Finding, error) {
 	mapped, err := s.Mapper.List(ctx)
 	if err != nil {
@@ -80,8 +82,18 @@ func (s *Service) Check(ctx context.Context, repair bool, keyDir string) ([]Find
 	return out, nil
 }
 
-// unmapOrphan unmaps m unless something still mounts its device.
+// unmapOrphan unmaps m unless a record for it appeared meanwhile (a stage
+// began) or something still mounts its device.
 func (s *Service) unmapOrphan(ctx context.Context, m mapper.Mapped, detail string) (bool, string) {
+	recs, err := s.Store.All()
+	if err != nil {
+		return false, detail + "; not unmapped: " + err.Error()
+	}
+	for _, r := range recs {
+		if r.Spec.Pool == m.Spec.Pool && r.Spec.Image == m.Spec.Image {
+			return false, detail + "; not unmapped: a stage recorded it meanwhile"
+		}
+	}
 	if m.Mapping.Device != "" {
 		at, err := s.Mounts.MountedAt(m.Mapping.Device)
 		if err != nil {

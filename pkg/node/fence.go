@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strings"
 
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 )
@@ -14,16 +15,19 @@ import (
 // in use. The node knows when such a daemon of its own is dead, so it
 // blocklists that client, as the controller does with its predecessor.
 // Knowing the address takes care: it is recorded only when it is certain,
-// i.e. the image had no watcher before the map and has exactly one after;
-// otherwise (a shared image, a map that reused a mapping) nothing is
-// recorded and the watch simply expires. krbd is never fenced: the kernel
+// i.e. a read-write map after which the image has exactly one watcher on
+// this host where it had none before (Clients lists only this host's
+// clients); otherwise (a read-only map, a shared image, a map that reused
+// a mapping) nothing is recorded and the watch simply expires. krbd is never fenced: the kernel
 // client is shared by every krbd mapping of the host.
 
 // mapTracked maps spec for volumeID and records the new daemon's client
 // address when certain. ignore is an address already fenced, whose watch
 // may linger a moment.
 func (s *Service) mapTracked(ctx context.Context, volumeID string, spec mapper.Spec, ignore string) (mapper.Mapping, error) {
-	track := s.Clients != nil && s.Mapper.Name() != "krbd"
+	// A read-only map registers no watch: the one that appears would be
+	// someone else's.
+	track := s.Clients != nil && s.Mapper.Name() != "krbd" && !spec.ReadOnly
 	var before []string
 	var berr error
 	if track {
@@ -65,4 +69,32 @@ func (s *Service) fenceDead(ctx context.Context, log *slog.Logger, rec *Record) 
 	}
 	log.Info("blocklisted the Ceph client of a dead mapping, releasing its watch", "client", addr, "device", rec.Mapping.Device)
 	return addr
+}
+
+// SameHost keeps the client addresses ("IP:port/nonce") whose IP is that of
+// self, the node plugin's own client address(es) as librados prints them
+// ("[v2:IP:port/nonce,v1:IP:port/nonce]" or "IP:port/nonce").
+func SameHost(addrs []string, self string) []string {
+	own := map[string]bool{}
+	for _, a := range strings.Split(strings.Trim(self, "[]"), ",") {
+		if ip := hostOf(a); ip != "" {
+			own[ip] = true
+		}
+	}
+	var out []string
+	for _, a := range addrs {
+		if own[hostOf(a)] {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func hostOf(addr string) string {
+	addr = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(addr), "v2:"), "v1:")
+	hostPort, _, _ := strings.Cut(addr, "/")
+	if i := strings.LastIndex(hostPort, ":"); i > 0 {
+		return strings.Trim(hostPort[:i], "[]")
+	}
+	return ""
 }

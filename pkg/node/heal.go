@@ -116,6 +116,10 @@ func (s *Service) heal(ctx context.Context, uuid string, rec *Record) error {
 	if r, ok := s.Mapper.(reattacher); ok {
 		err := r.Reattach(ctx, rec.Spec, rec.Mapping)
 		if err == nil && s.verifyStaged(ctx, rec) == nil {
+			rec.Mapping.Client = "" // the new daemon's address is not known
+			if err := s.Store.Save(uuid, rec); err != nil {
+				return status.Error(codes.Internal, err.Error())
+			}
 			log.Info("staged volume healed: mapping re-attached in place", "device", rec.Mapping.Device)
 			return nil
 		}

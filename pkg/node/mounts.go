@@ -146,13 +146,14 @@ const mountInfoPath = "/proc/self/mountinfo"
 
 // mountedAt is MountedAt's pure part: major:minor is dev's device number.
 func mountedAt(mis []mount.MountInfo, dev string, major, minor int) []string {
-	// The mount holding the node (the deepest mount point above it), and the
+	// The mount holding the node (the deepest mount point above it, the
+	// last of those stacked there: the visible one), and the
 	// node's path from that filesystem's root: a bind of the node has that
 	// filesystem's device number and that path as its root.
 	var holder *mount.MountInfo
 	for i := range mis {
 		mp := mis[i].MountPoint
-		if (mp == "/" || dev == mp || strings.HasPrefix(dev, mp+"/")) && (holder == nil || len(mp) > len(holder.MountPoint)) {
+		if (mp == "/" || dev == mp || strings.HasPrefix(dev, mp+"/")) && (holder == nil || len(mp) >= len(holder.MountPoint)) {
 			holder = &mis[i]
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,8 +41,8 @@ type Lookups struct {
 	// AttachedMode returns "rw" or "ro" for the attachment of the volume to
 	// this node, FailedPrecondition if there is none (gRPC status errors).
 	AttachedMode func(ctx context.Context, volumeID, nodeID string) (string, error)
-	// Clients lists the addresses of the Ceph clients that have the
-	// volume's image open (watch it).
+	// Clients lists the addresses of the Ceph clients on this host (the
+	// node plugin's own IP) that have the volume's image open (watch it).
 	Clients func(ctx context.Context, volumeID string) ([]string, error)
 	// Fence blocklists the Ceph client at addr in the volume's cluster.
 	Fence func(ctx context.Context, volumeID, addr string) error
@@ -135,13 +136,19 @@ func (s *Service) Stage(ctx context.Context, req StageRequest) error {
 	rec = &Record{
 		VolumeID: req.VolumeID, StagingPath: req.StagingPath, Block: req.Block,
 		MountFlags: req.MountFlags, ReadOnly: spec.ReadOnly, Spec: spec, Staged: time.Now().UTC(),
-		SkipGrow: !req.MayNeedGrow,
+		// A volume NodeExpandVolume could not grow online grows now.
+		SkipGrow: !req.MayNeedGrow && !s.Store.GrowPending(id.UUID),
 	}
 	if !req.Block {
 		rec.FsType = fsOrDefault(req.FsType)
 	}
 	if err := s.stage(ctx, log, id.UUID, rec); err != nil {
 		return err
+	}
+	if !rec.Block && !rec.ReadOnly {
+		if err := s.Store.ClearGrow(id.UUID); err != nil { // grown at this stage
+			log.Warn("could not drop the grow-at-next-stage mark", "error", err)
+		}
 	}
 	log.Info("volume staged", "device", rec.Mapping.Device, "mapper", rec.Mapping.Mapper, "readOnly", rec.ReadOnly, "block", rec.Block)
 	return nil
@@ -386,7 +393,15 @@ func (s *Service) Publish(ctx context.Context, req PublishRequest) error {
 			return nil // idempotent
 		}
 		// Bound by a publish killed before it recorded the target: record it
-		// now, so unstage and healing know it.
+		// now, so unstage and healing know it; but only if it is this
+		// volume's device that is mounted there.
+		at, err := s.Mounts.MountedAt(rec.Mapping.Device)
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if !slices.Contains(at, filepath.Clean(req.TargetPath)) {
+			return status.Errorf(codes.FailedPrecondition, "something else than volume %s is mounted at %s", req.VolumeID, req.TargetPath)
+		}
 	} else if err := s.bind(ctx, rec, req.TargetPath, req.ReadOnly, req.MountFlags); err != nil {
 		return err
 	}

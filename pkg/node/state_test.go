@@ -59,3 +59,17 @@ func TestStoreRoundTrip(t *testing.T) {
 		t.Fatal("a corrupt record loaded")
 	}
 }
+
+func TestSameHost(t *testing.T) {
+	watchers := []string{"10.0.0.5:0/1234", "10.0.0.6:0/99", "[fd00::5]:0/7", "10.0.0.5:0/555"}
+	got := SameHost(watchers, "[v2:10.0.0.5:0/42,v1:10.0.0.5:0/42]")
+	if len(got) != 2 || got[0] != "10.0.0.5:0/1234" || got[1] != "10.0.0.5:0/555" {
+		t.Errorf("SameHost = %v", got)
+	}
+	if got := SameHost(watchers, "[fd00::5]:0/1"); len(got) != 1 || got[0] != "[fd00::5]:0/7" {
+		t.Errorf("SameHost v6 = %v", got)
+	}
+	if got := SameHost(watchers, ""); len(got) != 0 {
+		t.Errorf("SameHost without an own address = %v", got)
+	}
+}

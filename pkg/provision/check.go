@@ -113,7 +113,8 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 			}
 			for _, snap := range names {
 				rbdSnaps[img+"@"+snap] = true
-				if f, ok := orphanSnapshot(id, img, snap, indexedSnaps, snapsInProgress, inProgress); ok {
+				f, ok := orphanSnapshot(id, img, snap, indexedSnaps, snapsInProgress, inProgress)
+				if ok && p.stillOrphan(ctx, reg, id, snap) {
 					if repair {
 						err := cl.RemoveSnapshot(ctx, img, snap)
 						f.Repaired = err == nil
@@ -161,6 +162,11 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 				continue // group members live in the group's namespace, not listed
 			}
 			if rbdSnaps[sid.Volume.ImageName()+"@"+sid.SnapName()] || rbdSnaps[sid.Volume.DeletedImageName()+"@"+sid.SnapName()] {
+				continue
+			}
+			// Look again, now: a delete may have renamed the image since
+			// the listing (its snapshots go with it).
+			if exists, err := rbdSnapshotExists(ctx, cl, sid); exists || err != nil {
 				continue
 			}
 			f := Finding{Backend: bname, Kind: "ghost-snapshot", Object: e.SnapshotID, Detail: "indexed, but its RBD snapshot " + sid.SnapName() + " does not exist"}
@@ -230,4 +236,41 @@ func inProgressUUIDs(ctx context.Context, reg *records.Registry, k records.Kind)
 		}
 	}
 	return out, nil
+}
+
+// stillOrphan reads the records again just before an orphan snapshot is
+// reported: a snapshot (or volume clone) create that began after the first
+// reading reserves its name before it takes the RBD snapshot.
+func (p *Provisioner) stillOrphan(ctx context.Context, reg *records.Registry, id volumeid.ID, snap string) bool {
+	if u, ok := strings.CutPrefix(snap, volumeid.SnapPrefix); ok {
+		sid := volumeid.SnapshotID{Volume: id, UUID: u}
+		if _, err := reg.Snapshot(ctx, sid.String()); !errors.Is(err, records.ErrNotFound) {
+			return false // indexed now, or cannot tell
+		}
+		now, err := inProgressUUIDs(ctx, reg, records.KindSnapshot)
+		return err == nil && !now[u]
+	}
+	u := strings.TrimPrefix(snap, volumeid.ClonePrefix)
+	now, err := inProgressUUIDs(ctx, reg, records.KindVolume)
+	return err == nil && !now[u]
+}
+
+// rbdSnapshotExists looks for sid's RBD snapshot on its volume's image under
+// both of its names (live, or set aside for its snapshots).
+func rbdSnapshotExists(ctx context.Context, cl backend.Cluster, sid volumeid.SnapshotID) (bool, error) {
+	for _, img := range []string{sid.Volume.ImageName(), sid.Volume.DeletedImageName()} {
+		names, err := cl.ListSnapshots(ctx, img)
+		if errors.Is(err, backend.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		for _, n := range names {
+			if n == sid.SnapName() {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }

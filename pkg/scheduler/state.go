@@ -122,3 +122,26 @@ func (s *State) Pick(req Request, exclude map[string]bool) (Candidate, error) {
 	s.inFlight[best.Backend.Name] = addSat(s.inFlight[best.Backend.Name], req.SizeBytes)
 	return best, nil
 }
+
+// Grow charges the growth of a volume on backend name by bytes, if the
+// capacity filter admits that much there (a volume cannot move while it
+// grows), as Pick does for a new volume; "" when charged, else why not. The
+// caller Settles the bytes when the growth is done, or Abandons them.
+func (s *State) Grow(name string, bytes uint64) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.backends[name]
+	if !ok {
+		return "backend is unknown"
+	}
+	if why := rejectDown(&b, nil, filterOpts{}); why != "" {
+		return why
+	}
+	if why := rejectCapacity(&b, &Request{SizeBytes: bytes}, filterOpts{checkSize: true}); why != "" {
+		return why
+	}
+	b.ProvisionedBytes = addSat(b.ProvisionedBytes, bytes)
+	s.backends[name] = b
+	s.inFlight[name] = addSat(s.inFlight[name], bytes)
+	return ""
+}

@@ -266,8 +266,9 @@ func TestCrashMatrix(t *testing.T) {
 	if snaps, _, err := reg.Snapshots(ctx, "", "", 100); err != nil || len(snaps) > 0 {
 		left = append(left, fmt.Sprintf("snapshot index: %v %v", snaps, err))
 	}
-	// Name reservations (objects of their own, hashed names).
-	objs, err := exec.CommandContext(ctx, "rados", "-c", c1.Conf, "-p", "volumes", "ls").Output()
+	// Name reservations (objects of their own, hashed names, in Basalt's
+	// records namespace).
+	objs, err := exec.CommandContext(ctx, "rados", "-c", c1.Conf, "-p", "volumes", "-N", "basalt", "ls").Output()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func run(m *testing.M) int {
 	for _, u := range []struct {
 		c     *cluster
 		pools []string
-	}{{c1, []string{"volumes", "fast", "images"}}, {c2, []string{"volumes"}}} {
+	}{{c1, []string{"volumes", "fast", "images:ro"}}, {c2, []string{"volumes"}}} {
 		if err := u.c.makeUsers(ctx, u.pools...); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

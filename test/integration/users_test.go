@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,6 +62,13 @@ func TestCephUsersAreLeastPrivilege(t *testing.T) {
 	// What a compromised node could try with its key. Each must be refused
 	// by Ceph for lack of permission (not for any other reason).
 	image := imageOf(t, v)
+	// The volume's name reservation, an object that exists (a refusal to
+	// remove a missing object would prove nothing).
+	sum := sha256.Sum256([]byte("pvc-users"))
+	reservation := "basalt.name." + hex.EncodeToString(sum[:20])
+	if out, err := exec.Command("rados", "-c", c1.Conf, "-p", "volumes", "-N", "basalt", "stat", reservation).CombinedOutput(); err != nil {
+		t.Fatalf("the reservation object %s: %v %s", reservation, err, out)
+	}
 	other := imageOf(t, restored)
 	for _, try := range []struct {
 		what string
@@ -70,9 +79,11 @@ func TestCephUsersAreLeastPrivilege(t *testing.T) {
 		{"rename an image", "rbd", []string{"mv", "volumes/" + other, "volumes/stolen"}},
 		{"create an image", "rbd", []string{"create", "--size", "1M", "volumes/basalt-forged"}},
 		{"clone the golden image", "rbd", []string{"clone", golden, "volumes/basalt-forged"}},
-		{"write an attachment record", "rados", []string{"-p", "volumes", "put", "basalt.attach.forged", "/dev/null"}},
-		{"edit the volume index", "rados", []string{"-p", "volumes", "setomapval", "basalt.volumes", "forged", "x"}},
-		{"drop a name reservation", "rados", []string{"-p", "volumes", "rm", "basalt.name.pvc-users"}},
+		{"write an attachment record", "rados", []string{"-p", "volumes", "-N", "basalt", "put", "basalt.attach.forged", "/dev/null"}},
+		{"edit the volume index", "rados", []string{"-p", "volumes", "-N", "basalt", "setomapval", "basalt.volumes", "forged", "x"}},
+		{"drop a name reservation", "rados", []string{"-p", "volumes", "-N", "basalt", "rm", reservation}},
+		{"snapshot the golden image", "rbd", []string{"snap", "create", "images/golden@forged"}},
+		{"write into the golden image's pool", "rados", []string{"-p", "images", "put", "rbd_data.forged", "/dev/null"}},
 	} {
 		out, err := c1.asUser(t, c1.NodeKeyring, "node", try.tool, try.args...)
 		if err == nil {

@@ -372,3 +372,27 @@ func waitGone(ctx context.Context, dir string) error {
 		}
 	}
 }
+
+// Refresh implements the node's refresher: rbd-fuse reports the image's new
+// size once librbd has seen the resize (a header notification), then the
+// loop device is told (losetup --set-capacity).
+func (f *FUSE) Refresh(ctx context.Context, s Spec, m Mapping, size int64) error {
+	file := filepath.Join(m.Dir, s.Image)
+	var now int64
+	err := Poll(ctx, 30*time.Second, func() (bool, error) {
+		st, err := os.Stat(file)
+		if err != nil {
+			return false, err
+		}
+		now = st.Size()
+		return now >= size, nil
+	})
+	if errors.Is(err, ErrPollTimeout) {
+		return fmt.Errorf("rbd-fuse still reports %d bytes for %s, not %d", now, file, size)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = f.r.Run(ctx, "losetup", "--set-capacity", m.Device)
+	return err
+}

@@ -63,6 +63,29 @@ func heads[D listedDevice](devs []D, mapper string) []Mapped {
 	return out
 }
 
+// ErrPollTimeout: Poll's condition did not hold in time.
+var ErrPollTimeout = errors.New("condition not met in time")
+
+// Poll calls cond every 200 ms until it holds, fails, ctx ends or limit
+// passes (ErrPollTimeout).
+func Poll(ctx context.Context, limit time.Duration, cond func() (bool, error)) error {
+	deadline := time.Now().Add(limit)
+	for {
+		done, err := cond()
+		if done || err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return ErrPollTimeout
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // ErrGone marks a Check that found the mapping dead (as opposed to one that
 // could not look, e.g. a listing command that failed): only then is healing
 // (re-mapping, lazily detaching the mounts above) the right answer.

@@ -181,7 +181,7 @@ YAML
   # The controller and the node plugin run as the two cephx users the README
   # tells operators to make.
   CEPH_ARGS="-c $CEPH_CONF --keyring $CEPH_KEYRING" "$ROOT/deploy/ceph-users.sh" "$E2E/users" \
-    volumes-a volumes-b images >"$E2E/logs/ceph-users.log"
+    volumes-a volumes-b images:ro >"$E2E/logs/ceph-users.log"
   local users="user: basalt-controller
     keyring: $E2E/users/ceph.client.basalt-controller.keyring
     nodeUser: basalt-node
