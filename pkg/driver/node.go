@@ -164,8 +164,8 @@ func (n *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRe
 	if req.GetVolumeId() == "" {
 		return nil, invalid("volume_id is required")
 	}
-	if err := checkPath("volume_path", req.GetVolumePath()); err != nil {
-		return nil, err
+	if req.GetVolumePath() == "" { // any other path that is not the volume's is NotFound
+		return nil, invalid("volume_path is required")
 	}
 	if req.GetCapacityRange().GetRequiredBytes() < 0 {
 		return nil, invalid("capacity_range bytes must not be negative")

@@ -56,7 +56,7 @@ func (s *Service) Expand(ctx context.Context, volumeID, volumePath string, requi
 			return 0, status.Errorf(codes.Internal, "refreshing the size of %s: %v", dev, err)
 		}
 	}
-	size, err := waitDeviceSize(ctx, dev, required)
+	size, err := waitDeviceSize(ctx, dev, required&^511) // block devices count whole sectors
 	if err != nil {
 		return 0, status.Errorf(codes.Unavailable, "%v; retry", err)
 	}

@@ -37,10 +37,9 @@ func (p *Provisioner) Expand(ctx context.Context, volumeID string, required, lim
 	if err != nil {
 		return 0, err
 	}
-	size := RoundUp(required)
-	if limit != 0 && size > limit {
-		size = required // no whole MiB in the range
-	}
+	// Exactly what was asked: CSI answers the new size, and a CO (or
+	// csi-sanity) may compare it with its request. RBD sizes are in bytes.
+	size := required
 	if limit != 0 && size > limit {
 		return 0, errorf(OutOfRange, nil, "required_bytes %d is above limit_bytes %d", required, limit)
 	}
