@@ -116,6 +116,9 @@ type Cluster interface {
 	CreateSnapshot(ctx context.Context, image, snap string, limit int) (ImageInfo, error)
 	// RemoveSnapshot removes snap of image; absent is success.
 	RemoveSnapshot(ctx context.Context, image, snap string) error
+	// SetMetadata sets and removes image metadata keys (removing an absent
+	// key is success).
+	SetMetadata(ctx context.Context, image string, set map[string]string, remove []string) error
 	// ListSnapshots names image's snapshots (not those of groups or in
 	// Ceph's snapshot trash).
 	ListSnapshots(ctx context.Context, image string) ([]string, error)

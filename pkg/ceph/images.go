@@ -3,6 +3,7 @@ package ceph
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -209,6 +210,29 @@ func (c *Conn) StatImage(ctx context.Context, name string) (backend.ImageInfo, e
 		return backend.ImageInfo{}, err // info may still be written by an abandoned call
 	}
 	return info, nil
+}
+
+// SetMetadata implements backend.Cluster: one read-write open, so that
+// clients with the image open are notified and apply librbd overrides.
+func (c *Conn) SetMetadata(ctx context.Context, name string, set map[string]string, remove []string) error {
+	keys := make([]string, 0, len(set))
+	for k := range set {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return c.withImage(ctx, "setting metadata of", name, false, func(img *rbd.Image) error {
+		for _, k := range keys {
+			if err := img.SetMetadata(k, set[k]); err != nil {
+				return err
+			}
+		}
+		for _, k := range remove {
+			if err := img.RemoveMetadata(k); err != nil && !errors.Is(err, rbd.ErrNotFound) {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Usage implements backend.Cluster. The image is opened read-only so that

@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -63,7 +64,19 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if cr.GetLimitBytes() != 0 && cr.GetRequiredBytes() > cr.GetLimitBytes() {
 		return nil, status.Errorf(codes.OutOfRange, "required_bytes %d is above limit_bytes %d", cr.GetRequiredBytes(), cr.GetLimitBytes())
 	}
-	params, err := parseParams(req.GetParameters())
+	// mutable_parameters (a VolumeAttributesClass at create) may hold only
+	// mutable keys; they apply like the same StorageClass parameters.
+	for k := range req.GetMutableParameters() {
+		if !provision.IsQoSParam(k) {
+			return nil, invalid("mutable parameter %q is not one Basalt can change (mutable: %s)", k, provision.QoSParams())
+		}
+	}
+	all := maps.Clone(req.GetParameters())
+	if all == nil {
+		all = map[string]string{}
+	}
+	maps.Copy(all, req.GetMutableParameters())
+	params, err := parseParams(all)
 	if err != nil {
 		return nil, err
 	}
@@ -172,6 +185,26 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 		// unknown access type) needs the node.
 		NodeExpansionRequired: req.GetVolumeCapability().GetBlock() == nil,
 	}, nil
+}
+
+// ControllerModifyVolume implements csi.ControllerServer: QoS limits
+// (VolumeAttributesClass parameters) applied to the image, live.
+func (c *Controller) ControllerModifyVolume(ctx context.Context, req *csi.ControllerModifyVolumeRequest) (*csi.ControllerModifyVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume_id is required")
+	}
+	if len(req.GetMutableParameters()) == 0 {
+		return nil, invalid("mutable_parameters are required")
+	}
+	unlock, err := c.lock(ctx, provision.LockVolume(req.GetVolumeId()))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := c.Prov.Modify(ctx, req.GetVolumeId(), req.GetMutableParameters()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.ControllerModifyVolumeResponse{}, nil
 }
 
 // ValidateVolumeCapabilities implements csi.ControllerServer.
@@ -310,6 +343,7 @@ func (c *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_MODIFY_VOLUME,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"maps"
 	"sort"
 	"strings"
 
@@ -67,10 +68,17 @@ func parseParams(params map[string]string) (parsedParams, error) {
 			p.metadata[provision.MetaPVCNamespace] = v
 		case k == paramPVName:
 			p.metadata[provision.MetaPVName] = v
+		case provision.IsQoSParam(k):
+			// Mutable: stored as librbd overrides, not part of the identity.
+			set, _, err := provision.QoSMetadata(map[string]string{k: v})
+			if err != nil {
+				return p, toStatus(err)
+			}
+			maps.Copy(p.metadata, set)
 		case strings.HasPrefix(k, paramK8sPrefix):
 			// Other keys the Kubernetes sidecars add are accepted and ignored.
 		default:
-			return p, invalid("unknown parameter %q (known: %s, %s, %s<key>, %s*)", k, ParamImage, ParamBackend, ParamCapability, paramK8sPrefix)
+			return p, invalid("unknown parameter %q (known: %s, %s, %s<key>, %s, %s*)", k, ParamImage, ParamBackend, ParamCapability, provision.QoSParams(), paramK8sPrefix)
 		}
 	}
 	return p, nil

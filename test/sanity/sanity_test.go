@@ -59,6 +59,8 @@ func TestSanitySuite(t *testing.T) {
 	cfg.TestSnapshotParameters = map[string]string{"purpose": "sanity"}
 	cfg.IdempotentCount = 3
 	cfg.TestNodeVolumeAttachLimit = true
+	// ModifyVolume specs: QoS limits are Basalt's mutable parameters.
+	cfg.TestVolumeMutableParameters = map[string]string{"qosIopsLimit": "2000", "qosWriteBpsLimit": "104857600"}
 	if img := os.Getenv("BASALT_SANITY_IMAGE"); img != "" {
 		cfg.TestVolumeParameters = map[string]string{"image": img}
 	}
