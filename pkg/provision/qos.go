@@ -76,7 +76,8 @@ func QoSMetadata(params map[string]string) (set map[string]string, remove []stri
 func (p *Provisioner) Modify(ctx context.Context, volumeID string, params map[string]string) error {
 	var bad []string
 	for k := range params {
-		if !IsQoSParam(k) {
+		// csi-resizer --extra-modify-metadata adds PVC/PV names: not ours.
+		if !IsQoSParam(k) && !strings.HasPrefix(k, "csi.storage.k8s.io/") {
 			bad = append(bad, k)
 		}
 	}

@@ -244,6 +244,21 @@ func TestCrashMatrix(t *testing.T) {
 		t.Fatalf("node index after the publish crashes: %v %v", atts, err)
 	}
 
+	// ControllerExpandVolume killed after the image grew, before the index
+	// took the new size: the retry answers the new size and corrects it.
+	n++
+	grown := uint64(2 << 30)
+	last = crashAt(t, "expand/after-resize", func(ctx context.Context, p *proc) error {
+		r, err := p.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: src, CapacityRange: &csi.CapacityRange{RequiredBytes: int64(grown)}})
+		if err == nil && r.GetCapacityBytes() != int64(grown) {
+			return fmt.Errorf("expanded to %d, want %d", r.GetCapacityBytes(), grown)
+		}
+		return err
+	})
+	if e, err := reg0.Volume(opCtx(t), src); err != nil || e.SizeBytes != grown {
+		t.Fatalf("index entry after the expand crash: %+v %v", e, err)
+	}
+
 	ctx = opCtx(t)
 	if _, err := last.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapResp.GetSnapshot().GetSnapshotId()}); err != nil {
 		t.Fatal(err)

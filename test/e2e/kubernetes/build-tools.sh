@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (once, cached by version) every binary the real-Kubernetes e2e test
 # needs: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
-# kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter,
+# kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer,
 # snapshot-controller (with the snapshot CRDs), fakecri and registrar.
 #
 # Cache: ${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}/<key>/bin, where <key>
@@ -23,8 +23,10 @@ ATT_VERSION=v4.13.0
 SNAP_MOD=github.com/kubernetes-csi/external-snapshotter/v8
 SNAP_CLIENT_MOD=github.com/kubernetes-csi/external-snapshotter/client/v8
 SNAP_VERSION=v8.6.0           # csi-snapshotter, snapshot-controller and the CRDs
+RSZ_MOD=github.com/kubernetes-csi/external-resizer/v2
+RSZ_VERSION=v2.2.0            # v2.2.1 is not served by this proxy
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
-	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller fakecri registrar)
+	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller csi-resizer fakecri registrar)
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS_DIR=$SCRIPT_DIR/tools
@@ -37,7 +39,7 @@ tools_hash() {
 		LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
 }
 
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_snap-${SNAP_VERSION}_tools-$(tools_hash)"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_snap-${SNAP_VERSION}_rsz-${RSZ_VERSION}_tools-$(tools_hash)"
 CACHE_ROOT=${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}
 mkdir -p "$CACHE_ROOT"
 CACHE_ROOT=$(cd "$CACHE_ROOT" && pwd)
@@ -145,6 +147,7 @@ step etcd build_tools_module "$WORK/bin/etcd" go.etcd.io/etcd/server/v3
 step fakecri+registrar build_tools_module "$WORK/bin/" ./fakecri ./registrar
 step csi-provisioner build_sidecar "$PROV_MOD" "$PROV_VERSION" ./cmd/csi-provisioner csi-provisioner
 step csi-attacher build_sidecar "$ATT_MOD" "$ATT_VERSION" ./cmd/csi-attacher csi-attacher
+step csi-resizer build_sidecar "$RSZ_MOD" "$RSZ_VERSION" ./cmd/csi-resizer csi-resizer
 # external-snapshotter replaces its client module with ./client, which the
 # module zip leaves out: put the client module (same tag) there first. The
 # CRDs come from the client module too.

@@ -177,7 +177,7 @@ YAML
   wait_for "basalt-controller service account" 30 kc -n $NS get serviceaccount basalt-controller
   kubeconfig "$E2E/controller.kubeconfig" "$(kc -n $NS create token basalt-controller --duration 4h)"
 
-  log "basalt-csi controller, csi-provisioner, csi-attacher, csi-snapshotter"
+  log "basalt-csi controller, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer"
   # The controller and the node plugin run as the two cephx users the README
   # tells operators to make.
   CEPH_ARGS="-c $CEPH_CONF --keyring $CEPH_KEYRING" "$ROOT/deploy/ceph-users.sh" "$E2E/users" \
@@ -214,6 +214,8 @@ YAML
   start_bg csi-snapshotter "$BIN/csi-snapshotter" --kubeconfig "$E2E/controller.kubeconfig" \
     --csi-address "$E2E/controller.sock" --leader-election=false --timeout=120s \
     --feature-gates=CSIVolumeGroupSnapshot=true --extra-create-metadata --retry-interval-max=5s --v=3
+  start_bg csi-resizer "$BIN/csi-resizer" --kubeconfig "$E2E/controller.kubeconfig" \
+    --csi-address "$E2E/controller.sock" --leader-election=false --timeout=120s --retry-interval-max=5s --v=3
 
   log "basalt-csi node (fuse mapper), registrar"
   start_bg basalt-node "$ROOT/bin/basalt-csi" --mode=node --config "$E2E/basalt.yaml" \
@@ -232,7 +234,7 @@ YAML
 
 cmd_stop() {
   [ -d "$E2E/pids" ] || return 0
-  local order=(registrar basalt-node csi-snapshotter csi-attacher csi-provisioner basalt-controller snapshot-controller kubelet fakecri kube-scheduler kube-controller-manager kube-apiserver etcd)
+  local order=(registrar basalt-node csi-resizer csi-snapshotter csi-attacher csi-provisioner basalt-controller snapshot-controller kubelet fakecri kube-scheduler kube-controller-manager kube-apiserver etcd)
   local name pid
   for name in "${order[@]}"; do
     [ -f "$E2E/pids/$name" ] || continue
