@@ -41,6 +41,8 @@ func TestFuzzControllerRequests(t *testing.T) {
 			return map[string]string{pick([]string{"colour", "backend", "capability.", "csi.storage.k8s.io/fstype"}): pick([]string{"", "nope", "\x00"})}
 		case 2:
 			return map[string]string{"backend": "nope"}
+		case 3:
+			return map[string]string{pick([]string{"qosIopsLimit", "qosBpsLimit", "qosReadIopsLimit", "qosNope"}): pick([]string{"", "-1", "1.5", "1e9", "lots"})}
 		}
 		return nil
 	}
@@ -118,6 +120,15 @@ func TestFuzzControllerRequests(t *testing.T) {
 		},
 		func() error {
 			_, err := gc.GetVolumeGroupSnapshot(ctx, &csi.GetVolumeGroupSnapshotRequest{GroupSnapshotId: pick(ids)})
+			return err
+		},
+		func() error {
+			_, err := d.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: pick(ids), VolumeCapability: pick2(rng, caps()...),
+				CapacityRange: pick2(rng, nil, &csi.CapacityRange{RequiredBytes: rng.Int63n(1<<50) - 1<<40, LimitBytes: rng.Int63n(1<<30) - 1<<29})})
+			return err
+		},
+		func() error {
+			_, err := d.ctrl.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: pick(ids), MutableParameters: params()})
 			return err
 		},
 	}
