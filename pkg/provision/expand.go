@@ -7,6 +7,7 @@ import (
 
 	"github.com/basalt-csi/basalt/pkg/failpoint"
 	"github.com/basalt-csi/basalt/pkg/records"
+	"github.com/basalt-csi/basalt/pkg/scheduler"
 )
 
 // MetaExpanded marks an image that ControllerExpandVolume grew: its
@@ -50,7 +51,7 @@ func (p *Provisioner) Expand(ctx context.Context, volumeID string, required, lim
 	delta := size - info.SizeBytes
 	sched := p.Backends.Scheduler()
 	if why := sched.Grow(bname, delta); why != "" {
-		if why == "backend is down" {
+		if why == scheduler.ReasonDown {
 			return 0, errorf(Unavailable, nil, "cannot grow volume %s: backend %s is down; retry", volumeID, bname)
 		}
 		return 0, errorf(ResourceExhausted, nil, "cannot grow volume %s by %d bytes on backend %s: %s", volumeID, delta, bname, why)

@@ -65,11 +65,14 @@ func runFilters(backends []Backend, req *Request, o filterOpts) ([]Backend, []Re
 	return kept, rejected
 }
 
+// ReasonDown is the rejection of a backend that is down.
+const ReasonDown = "backend is down"
+
 func rejectDown(b *Backend, _ *Request, _ filterOpts) string {
 	if b.Up {
 		return ""
 	}
-	return "backend is down"
+	return ReasonDown
 }
 
 func rejectUnpinned(b *Backend, req *Request, _ filterOpts) string {

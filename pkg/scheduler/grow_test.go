@@ -26,7 +26,7 @@ func TestGrowChargesWithinVirtualRoom(t *testing.T) {
 	}
 	s.Settle("a", 5*gib)
 	s.Set(Backend{Name: "a", Up: false})
-	if why := s.Grow("a", 1); why != "backend is down" {
+	if why := s.Grow("a", 1); why != ReasonDown {
 		t.Fatalf("growth on a down backend: %q", why)
 	}
 	if why := s.Grow("b", 1); why == "" {
