@@ -53,7 +53,7 @@ func (s *Service) Expand(ctx context.Context, volumeID, volumePath string, requi
 	dev := rec.Mapping.Device
 	if r, ok := s.Mapper.(refresher); ok {
 		if err := r.Refresh(ctx, rec.Spec, rec.Mapping, required); err != nil {
-			return 0, status.Errorf(codes.Internal, "refreshing the size of %s: %v", dev, err)
+			return 0, status.Errorf(codes.Unavailable, "refreshing the size of %s: %v; retry", dev, err)
 		}
 	}
 	size, err := waitDeviceSize(ctx, dev, required&^511) // block devices count whole sectors
