@@ -45,7 +45,9 @@ func startNode(t *testing.T, d *testDriver, id string, env ...string) *nodePlugi
 	n.start()
 	t.Cleanup(func() {
 		n.kill()
-		testutil.CleanNodeState(n.stateDir)
+		// Everything mounted under the test's temporary directories too
+		// (staging and target paths a failed test left mounted).
+		testutil.CleanNodeState(n.stateDir, filepath.Dir(n.stateDir))
 		checkNoSecrets(t, "node plugin log", n.log.Bytes())
 	})
 	// Wait for registration so ControllerPublish finds the node.
@@ -113,7 +115,8 @@ func (n *nodePlugin) leftovers(t *testing.T, paths ...string) []string {
 	}
 	loops, _ := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").Output()
 	for _, l := range strings.Split(string(loops), "\n") {
-		if strings.Contains(l, n.stateDir) {
+		// A loop device left on a dead rbd-fuse's file shows "/basalt-<uuid> (deleted)".
+		if strings.Contains(l, n.stateDir) || strings.Contains(l, "/basalt-") && strings.HasSuffix(l, "(deleted)") {
 			out = append(out, "loop: "+l)
 		}
 	}

@@ -44,6 +44,17 @@ func mountsUnder(dirs ...string) []string {
 // devices backed by files under stateDir. Killing the daemons first makes
 // any request stuck on them fail instead of hanging the clean-up.
 func CleanNodeState(stateDir string, dirs ...string) {
+	// The loop devices first, while their back files (in rbd-fuse mounts
+	// under stateDir) still resolve to paths under it.
+	out, _ := exec.Command("timeout", "20", "losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").Output()
+	var loops []string
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		// Also loops left on a dead rbd-fuse's file ("/basalt-<uuid> (deleted)").
+		if len(f) >= 2 && (strings.Contains(f[1], stateDir) || strings.HasPrefix(f[1], "/basalt-") && strings.HasSuffix(l, "(deleted)")) {
+			loops = append(loops, f[0])
+		}
+	}
 	for _, pid := range RBDFusePIDs(stateDir) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
@@ -51,11 +62,7 @@ func CleanNodeState(stateDir string, dirs ...string) {
 	for _, m := range mountsUnder(append(dirs, stateDir)...) {
 		_ = exec.Command("umount", "-l", m).Run()
 	}
-	out, _ := exec.Command("timeout", "20", "losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").Output()
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 2 && strings.Contains(f[1], stateDir) {
-			_ = exec.Command("timeout", "20", "losetup", "-d", f[0]).Run()
-		}
+	for _, l := range loops {
+		_ = exec.Command("timeout", "20", "losetup", "-d", l).Run()
 	}
 }

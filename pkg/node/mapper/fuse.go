@@ -151,7 +151,8 @@ func (f *FUSE) Unmap(ctx context.Context, s Spec, m Mapping) error {
 	for _, l := range all {
 		// The recorded device, even if its rbd-fuse died (its backing path then
 		// changes), and any device backed by the image file now.
-		ours := l.Name == m.Device && filepath.Base(l.BackFile) == s.Image
+		// (A dead daemon's file shows as "/<image> (deleted)".)
+		ours := l.Name == m.Device && filepath.Base(strings.TrimSuffix(l.BackFile, " (deleted)")) == s.Image
 		for _, o := range live {
 			ours = ours || o.Name == l.Name
 		}
