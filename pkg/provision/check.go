@@ -32,17 +32,9 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 		return nil, err
 	}
 	known := map[string]bool{} // volume IDs: indexed, in progress or kept for snapshots
-	var vols []records.VolumeEntry
-	for after := ""; ; {
-		page, next, err := reg.Volumes(ctx, after, 1000)
-		if err != nil {
-			return nil, classify(err, "listing volumes")
-		}
-		vols = append(vols, page...)
-		if next == "" {
-			break
-		}
-		after = next
+	vols, err := allPages(func(after string) ([]records.VolumeEntry, string, error) { return reg.Volumes(ctx, after, 1000) })
+	if err != nil {
+		return nil, classify(err, "listing volumes")
 	}
 	for _, v := range vols {
 		known[v.VolumeID] = true
@@ -55,34 +47,32 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 		known[kv.Key] = true
 	}
 	var out []Finding
-	pending, err := reg.Pending(ctx, records.KindVolume, 10000)
+	creates, err := unfinished(ctx, reg, records.KindVolume)
 	if err != nil {
-		return nil, classify(err, "listing pending creates")
+		return nil, err
 	}
-	inProgress := map[string]bool{} // UUIDs
-	for _, name := range pending {
-		res, err := reg.Reservation(ctx, records.KindVolume, name)
-		if err != nil || res.State == records.StateReady {
-			continue
-		}
-		inProgress[res.UUID] = true
+	inProgress := uuidsOf(creates)
+	for _, res := range creates {
 		if time.Since(res.Updated) > grace {
-			out = append(out, Finding{Backend: res.Backend, Kind: "stale-create", Object: name, Detail: "create interrupted since " + res.Updated.Format(time.RFC3339)})
+			out = append(out, Finding{Backend: res.Backend, Kind: "stale-create", Object: res.Name, Detail: "create interrupted since " + res.Updated.Format(time.RFC3339)})
 		}
 	}
 
-	snaps, err := allSnapshots(ctx, reg)
+	snaps, err := allPages(func(after string) ([]records.SnapshotEntry, string, error) {
+		return reg.Snapshots(ctx, "", after, 1000)
+	})
 	if err != nil {
-		return nil, err
+		return nil, classify(err, "listing snapshots")
 	}
 	indexedSnaps := map[string]bool{}
 	for _, e := range snaps {
 		indexedSnaps[e.SnapshotID] = true
 	}
-	snapsInProgress, err := inProgressUUIDs(ctx, reg, records.KindSnapshot)
+	snapCreates, err := unfinished(ctx, reg, records.KindSnapshot)
 	if err != nil {
 		return nil, err
 	}
+	snapsInProgress := uuidsOf(snapCreates)
 
 	for _, bname := range p.Backends.Up() {
 		cl, _, err := p.Backends.Get(bname)
@@ -207,15 +197,15 @@ func orphanSnapshot(id volumeid.ID, image, snap string, indexed, snapsInProgress
 	return Finding{}, false
 }
 
-// allSnapshots reads the whole snapshot index.
-func allSnapshots(ctx context.Context, reg *records.Registry) ([]records.SnapshotEntry, error) {
-	var all []records.SnapshotEntry
+// allPages reads a paged listing to its end.
+func allPages[T any](page func(after string) ([]T, string, error)) ([]T, error) {
+	var all []T
 	for after := ""; ; {
-		page, next, err := reg.Snapshots(ctx, "", after, 1000)
+		items, next, err := page(after)
 		if err != nil {
-			return nil, classify(err, "listing snapshots")
+			return nil, err
 		}
-		all = append(all, page...)
+		all = append(all, items...)
 		if next == "" {
 			return all, nil
 		}
@@ -223,19 +213,28 @@ func allSnapshots(ctx context.Context, reg *records.Registry) ([]records.Snapsho
 	}
 }
 
-// inProgressUUIDs are the UUIDs of the creates of kind k not yet finished.
-func inProgressUUIDs(ctx context.Context, reg *records.Registry, k records.Kind) (map[string]bool, error) {
+// unfinished returns the reservations of kind k whose create has not
+// finished (in progress, or interrupted).
+func unfinished(ctx context.Context, reg *records.Registry, k records.Kind) ([]records.Reservation, error) {
 	pending, err := reg.Pending(ctx, k, 10000)
 	if err != nil {
 		return nil, classify(err, "listing pending creates")
 	}
-	out := map[string]bool{}
+	var out []records.Reservation
 	for _, name := range pending {
 		if res, err := reg.Reservation(ctx, k, name); err == nil && res.State != records.StateReady {
-			out[res.UUID] = true
+			out = append(out, res)
 		}
 	}
 	return out, nil
+}
+
+func uuidsOf(rs []records.Reservation) map[string]bool {
+	out := map[string]bool{}
+	for _, r := range rs {
+		out[r.UUID] = true
+	}
+	return out
 }
 
 // stillOrphan reads the records again just before an orphan snapshot is
@@ -247,12 +246,12 @@ func (p *Provisioner) stillOrphan(ctx context.Context, reg *records.Registry, id
 		if _, err := reg.Snapshot(ctx, sid.String()); !errors.Is(err, records.ErrNotFound) {
 			return false // indexed now, or cannot tell
 		}
-		now, err := inProgressUUIDs(ctx, reg, records.KindSnapshot)
-		return err == nil && !now[u]
+		now, err := unfinished(ctx, reg, records.KindSnapshot)
+		return err == nil && !uuidsOf(now)[u]
 	}
 	u := strings.TrimPrefix(snap, volumeid.ClonePrefix)
-	now, err := inProgressUUIDs(ctx, reg, records.KindVolume)
-	return err == nil && !now[u]
+	now, err := unfinished(ctx, reg, records.KindVolume)
+	return err == nil && !uuidsOf(now)[u]
 }
 
 // rbdSnapshotExists looks for sid's RBD snapshot on its volume's image under
