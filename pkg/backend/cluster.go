@@ -140,3 +140,19 @@ type Cluster interface {
 // Unwrapper is implemented by wrappers (fault injectors) around a Cluster so
 // that CopyFrom can reach the concrete source.
 type Unwrapper interface{ Unwrap() Cluster }
+
+// ClientAddrList splits a client address vector as librados prints it
+// ("[v2:IP:port/nonce,v1:IP:port/nonce]", or one "IP:port/nonce") into the
+// bare addresses `ceph osd blocklist` takes, each once.
+func ClientAddrList(addrs string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range strings.Split(strings.Trim(addrs, "[]"), ",") {
+		a = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(a), "v2:"), "v1:")
+		if a != "" && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}

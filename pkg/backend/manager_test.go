@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"reflect"
 	"sync/atomic"
 	"testing"
 
@@ -41,6 +42,19 @@ func TestNoCapacityOnlyConnects(t *testing.T) {
 		}
 		if got := stats.Load() + scans.Load(); (got == 0) != noCap {
 			t.Errorf("noCapacity=%v: %d capacity reads and %d index scans", noCap, stats.Load(), scans.Load())
+		}
+	}
+}
+
+func TestClientAddrList(t *testing.T) {
+	for in, want := range map[string][]string{
+		"[v2:10.0.0.5:0/42,v1:10.0.0.5:0/42]": {"10.0.0.5:0/42"},
+		"[v2:10.0.0.5:0/42,v1:10.0.0.5:0/43]": {"10.0.0.5:0/42", "10.0.0.5:0/43"},
+		"127.0.0.1:0/378046193":               {"127.0.0.1:0/378046193"},
+		"":                                    nil,
+	} {
+		if got := ClientAddrList(in); !reflect.DeepEqual(got, want) {
+			t.Errorf("ClientAddrList(%q) = %v, want %v", in, got, want)
 		}
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
@@ -112,13 +111,7 @@ func (c *Conn) ClientAddrs() string { return c.addrs }
 // address (rados_getaddrs prints "[v2:ip:port/nonce,v1:ip:port/nonce]" or
 // one bare address; the entries differ only in protocol).
 func (c *Conn) Blocklist(ctx context.Context, addrs string) error {
-	seen := map[string]bool{}
-	for _, a := range strings.Split(strings.Trim(addrs, "[]"), ",") {
-		a = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(a), "v2:"), "v1:")
-		if a == "" || seen[a] {
-			continue
-		}
-		seen[a] = true
+	for _, a := range backend.ClientAddrList(addrs) {
 		cmd, err := json.Marshal(map[string]string{"prefix": "osd blocklist", "blocklistop": "add", "addr": a})
 		if err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 )
 
@@ -76,7 +77,7 @@ func (s *Service) fenceDead(ctx context.Context, log *slog.Logger, rec *Record) 
 // ("[v2:IP:port/nonce,v1:IP:port/nonce]" or "IP:port/nonce").
 func SameHost(addrs []string, self string) []string {
 	own := map[string]bool{}
-	for _, a := range strings.Split(strings.Trim(self, "[]"), ",") {
+	for _, a := range backend.ClientAddrList(self) {
 		if ip := hostOf(a); ip != "" {
 			own[ip] = true
 		}
@@ -90,6 +91,7 @@ func SameHost(addrs []string, self string) []string {
 	return out
 }
 
+// hostOf is the IP of one client address (with or without "v2:"/"v1:").
 func hostOf(addr string) string {
 	addr = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(addr), "v2:"), "v1:")
 	hostPort, _, _ := strings.Cut(addr, "/")
