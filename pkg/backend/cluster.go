@@ -134,8 +134,33 @@ type Cluster interface {
 	// Flatten copies the parent's data into image and detaches it; it may
 	// run up to timeout (longer than the Ceph timeout: it copies data).
 	Flatten(ctx context.Context, image string, timeout time.Duration) error
+
+	// Live migration to another pool of the same cluster (retype), under
+	// the same image name: MigrateTo (on the source backend) prepares it,
+	// refusing with ErrBusy while a client has the image open; afterwards
+	// clients use the target, and the rest runs on the target backend.
+	MigrateTo(ctx context.Context, image, dstPool string) error
+	// Migration is image's migration state in this pool: "" when it is not
+	// migrating, a Migration* constant, or a description of another state;
+	// ErrNotFound when absent.
+	Migration(ctx context.Context, image string) (string, error)
+	// MigrateExecute copies the data (under timeout, like Flatten);
+	// MigrateCommit removes the source; MigrateAbort returns to it.
+	MigrateExecute(ctx context.Context, image string, timeout time.Duration) error
+	MigrateCommit(ctx context.Context, image string) error
+	MigrateAbort(ctx context.Context, image string) error
 	Close()
 }
+
+// Migration states (Cluster.Migration).
+const (
+	MigrationPrepared  = "prepared"
+	MigrationExecuting = "executing"
+	MigrationExecuted  = "executed"
+	// MigrationSource: the name in this pool is the source of a migration
+	// to another pool.
+	MigrationSource = "source"
+)
 
 // Unwrapper is implemented by wrappers (fault injectors) around a Cluster so
 // that CopyFrom can reach the concrete source.

@@ -35,7 +35,6 @@ type Conn struct {
 	mons   string
 	addrs  string
 	s      *scope // owns conn and ioctx: see scope
-	busy   inflight
 }
 
 var _ backend.Cluster = (*Conn)(nil)

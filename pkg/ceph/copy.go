@@ -42,7 +42,7 @@ func (c *Conn) CopyFrom(ctx context.Context, from backend.Cluster, spec backend.
 		defer ds.close()
 		// dst is being written until its scope is freed: after the last
 		// write (even one abandoned at its deadline) and the image's close.
-		ds.onFree(c.busy.start(dst))
+		ds.onFree(busy.start(c.busyKey(dst)))
 		if ss == src.s { // the source's own pool: still give its image a scope
 			if ss, err = src.s.child(); err != nil {
 				return err

@@ -262,7 +262,7 @@ func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
 
 // RemoveImage implements backend.Cluster.
 func (c *Conn) RemoveImage(ctx context.Context, name string) error {
-	if err := c.busy.wait(ctx, name); err != nil {
+	if err := busy.wait(ctx, c.busyKey(name)); err != nil {
 		return err
 	}
 	err := translate(c.do(ctx, fmt.Sprintf("removing %s/%s", c.pool, name), func() error {

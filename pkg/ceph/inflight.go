@@ -18,6 +18,15 @@ type inflight struct {
 	ops map[string]*imageOps
 }
 
+// busy is shared by every connection of the process and keyed by cluster
+// and image name (see busyKey): a live migration works on one image name
+// through the connections of two backends (pools) of one cluster.
+var busy inflight
+
+// busyKey names image of c's cluster in busy. Image names are unique per
+// cluster (they carry the volume's UUID), whatever pool they are in.
+func (c *Conn) busyKey(image string) string { return c.fsid + "/" + image }
+
 type imageOps struct {
 	n    int
 	done chan struct{} // closed when n drops to 0
@@ -70,7 +79,7 @@ func (f *inflight) wait(ctx context.Context, image string) error {
 // before the call is made, ended when f returns, whenever that is (or at
 // once if the call never started because the connection was closed).
 func (c *Conn) writing(ctx context.Context, s *scope, what, image string, f func() error) error {
-	end := c.busy.start(image)
+	end := busy.start(c.busyKey(image))
 	err := do(ctx, s, what, func() error {
 		defer end()
 		return f()

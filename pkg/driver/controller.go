@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -65,10 +66,11 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		return nil, status.Errorf(codes.OutOfRange, "required_bytes %d is above limit_bytes %d", cr.GetRequiredBytes(), cr.GetLimitBytes())
 	}
 	// mutable_parameters (a VolumeAttributesClass at create) may hold only
-	// mutable keys; they apply like the same StorageClass parameters.
+	// mutable keys; they apply like the same StorageClass parameters (and
+	// win over them: the class of service is the VolumeAttributesClass's).
 	for k := range req.GetMutableParameters() {
-		if !provision.IsQoSParam(k) {
-			return nil, invalid("mutable parameter %q is not one Basalt can change (mutable: %s)", k, provision.QoSParams())
+		if !isMutable(k) {
+			return nil, invalid("mutable parameter %q is not one Basalt can change (mutable: %s, %s, %s<key>)", k, provision.QoSParams(), ParamBackend, ParamCapability)
 		}
 	}
 	all := maps.Clone(req.GetParameters())
@@ -188,7 +190,9 @@ func (c *Controller) ControllerExpandVolume(ctx context.Context, req *csi.Contro
 }
 
 // ControllerModifyVolume implements csi.ControllerServer: QoS limits
-// (VolumeAttributesClass parameters) applied to the image, live.
+// (VolumeAttributesClass parameters) applied to the image, live; placement
+// parameters (backend, capability.<key>) move the volume if its backend
+// does not meet them (retype).
 func (c *Controller) ControllerModifyVolume(ctx context.Context, req *csi.ControllerModifyVolumeRequest) (*csi.ControllerModifyVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, invalid("volume_id is required")
@@ -196,15 +200,38 @@ func (c *Controller) ControllerModifyVolume(ctx context.Context, req *csi.Contro
 	if len(req.GetMutableParameters()) == 0 {
 		return nil, invalid("mutable_parameters are required")
 	}
+	qos := map[string]string{}
+	var place provision.Placement
+	for k, v := range req.GetMutableParameters() {
+		switch {
+		case k == ParamBackend:
+			if _, ok := c.Prov.Backends.Config().Backend(v); !ok {
+				return nil, invalid("parameter %q: no backend is named %q (configured: %v)", ParamBackend, v, c.Prov.Backends.Names())
+			}
+			place.Backend = v
+		case strings.HasPrefix(k, ParamCapability) && k != ParamCapability:
+			if place.Capabilities == nil {
+				place.Capabilities = map[string]string{}
+			}
+			place.Capabilities[strings.TrimPrefix(k, ParamCapability)] = v
+		default:
+			qos[k] = v
+		}
+	}
 	unlock, err := c.lock(ctx, provision.LockVolume(req.GetVolumeId()))
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if err := c.Prov.Modify(ctx, req.GetVolumeId(), req.GetMutableParameters()); err != nil {
+	if err := c.Prov.Modify(ctx, req.GetVolumeId(), qos, place); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.ControllerModifyVolumeResponse{}, nil
+}
+
+// isMutable tells whether a VolumeAttributesClass may set parameter k.
+func isMutable(k string) bool {
+	return provision.IsQoSParam(k) || k == ParamBackend || (strings.HasPrefix(k, ParamCapability) && k != ParamCapability)
 }
 
 // ValidateVolumeCapabilities implements csi.ControllerServer.

@@ -30,7 +30,7 @@ func NodeLookups(p *provision.Provisioner) node.Lookups {
 	// ControllerPublish that found the image; without one, attachedMode
 	// tells a missing volume (NotFound) from an unpublished one.
 	locate := func(ctx context.Context, volumeID string) (mapper.Spec, error) {
-		id, bname, _, err := p.Lookup(volumeID)
+		id, bname, _, err := p.Lookup(ctx, volumeID)
 		if err != nil {
 			return mapper.Spec{}, toStatus(err)
 		}
@@ -51,7 +51,7 @@ func NodeLookups(p *provision.Provisioner) node.Lookups {
 		return r.Mode, nil
 	}
 	clients := func(ctx context.Context, volumeID string) ([]string, error) {
-		_, _, cl, err := p.Lookup(volumeID)
+		_, _, cl, err := p.Lookup(ctx, volumeID)
 		if err != nil {
 			return nil, toStatus(err)
 		}
@@ -60,7 +60,7 @@ func NodeLookups(p *provision.Provisioner) node.Lookups {
 		return node.SameHost(u.Clients, cl.ClientAddrs()), err
 	}
 	fence := func(ctx context.Context, volumeID, addr string) error {
-		_, _, cl, err := p.Lookup(volumeID)
+		_, _, cl, err := p.Lookup(ctx, volumeID)
 		if err != nil {
 			return toStatus(err)
 		}

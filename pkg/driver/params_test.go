@@ -79,3 +79,14 @@ func TestCapabilities(t *testing.T) {
 		t.Errorf("no capabilities: %v", err)
 	}
 }
+
+func TestIsMutable(t *testing.T) {
+	for k, want := range map[string]bool{
+		"qosIopsLimit": true, "backend": true, "capability.tier": true,
+		"capability.": false, "image": false, "csi.storage.k8s.io/pvc/name": false, "qosBogus": false,
+	} {
+		if got := isMutable(k); got != want {
+			t.Errorf("isMutable(%q) = %v, want %v", k, got, want)
+		}
+	}
+}

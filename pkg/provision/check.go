@@ -46,6 +46,10 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 	for _, kv := range deleted {
 		known[kv.Key] = true
 	}
+	alias, moving, err := moveAliases(ctx, reg)
+	if err != nil {
+		return nil, err
+	}
 	var out []Finding
 	creates, err := unfinished(ctx, reg, records.KindVolume)
 	if err != nil {
@@ -97,6 +101,9 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 				}
 			}
 			id := volumeid.ID{FSID: fsid, PoolID: cl.PoolID(), UUID: uuid}
+			if real, ok := alias[id.String()]; ok {
+				id = real // a moved volume: its ID names the pool it was created in
+			}
 			names, err := cl.ListSnapshots(ctx, img)
 			if err != nil && !errors.Is(err, backend.ErrNotFound) {
 				return out, classify(err, "listing the snapshots of "+img)
@@ -134,7 +141,7 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 				continue
 			}
 			id, err := volumeid.Parse(v.VolumeID)
-			if err != nil {
+			if err != nil || moving[v.VolumeID] {
 				continue
 			}
 			if _, err := cl.StatImage(ctx, id.ImageName()); !errors.Is(err, backend.ErrNotFound) {
@@ -178,6 +185,32 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 		}
 	}
 	return out, nil
+}
+
+// moveAliases maps the ID an image of a moved volume would have by its pool
+// to the volume's own ID, and lists the volumes whose move is not done.
+// While a move runs, both of its images belong to it.
+func moveAliases(ctx context.Context, reg *records.Registry) (map[string]volumeid.ID, map[string]bool, error) {
+	moves, err := allPages(func(after string) ([]records.Move, string, error) { return reg.Moves(ctx, after, 1000) })
+	if err != nil {
+		return nil, nil, classify(err, "listing moved volumes")
+	}
+	alias, moving := map[string]volumeid.ID{}, map[string]bool{}
+	for _, m := range moves {
+		real, err := volumeid.Parse(m.VolumeID)
+		if err != nil {
+			continue
+		}
+		locs := []records.Location{m.To}
+		if m.State != records.MoveDone {
+			locs = append(locs, m.From)
+			moving[m.VolumeID] = true
+		}
+		for _, l := range locs {
+			alias[volumeid.ID{FSID: l.FSID, PoolID: l.PoolID, UUID: real.UUID}.String()] = real
+		}
+	}
+	return alias, moving, nil
 }
 
 // orphanSnapshot tells whether image@snap (of volume id) is a Basalt

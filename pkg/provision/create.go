@@ -160,7 +160,11 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 			return Volume{}, err
 		}
 		if res.State == records.StateReady {
-			if v, ok := p.existing(ctx, res); ok {
+			v, ok, err := p.existing(ctx, res)
+			if err != nil {
+				return Volume{}, err
+			}
+			if ok {
 				log.Info("volume already exists for this name", "volume", res.VolumeID)
 				return v, nil
 			}
@@ -253,22 +257,20 @@ func compatible(res records.Reservation, req Request) error {
 	return nil
 }
 
-// existing returns the volume of a ready reservation if its image is really there.
-func (p *Provisioner) existing(ctx context.Context, res records.Reservation) (Volume, bool) {
-	id, err := volumeid.Parse(res.VolumeID)
-	if err != nil {
-		return Volume{}, false
+// existing returns the volume of a ready reservation: ok=false when its
+// image is gone (the create is redone), an error when that cannot be told
+// now (a ready volume is never discarded on a transient failure).
+func (p *Provisioner) existing(ctx context.Context, res records.Reservation) (Volume, bool, error) {
+	id, bname, info, err := p.Stat(ctx, res.VolumeID)
+	var pe *Error
+	if errors.As(err, &pe) && pe.Kind == NotFound {
+		return Volume{}, false, nil
 	}
-	name, cl, err := p.Backends.Locate(id.FSID, id.PoolID)
 	if err != nil {
-		return Volume{}, false
+		return Volume{}, false, err
 	}
-	info, err := cl.StatImage(ctx, id.ImageName())
-	if err != nil {
-		return Volume{}, false
-	}
-	_, bcfg, _ := p.Backends.Get(name)
-	return Volume{ID: id, Backend: name, Zone: bcfg.Zone, SizeBytes: info.SizeBytes, Source: info.Metadata[MetaSource]}, true
+	_, bcfg, _ := p.Backends.Get(bname)
+	return Volume{ID: id, Backend: bname, Zone: bcfg.Zone, SizeBytes: info.SizeBytes, Source: info.Metadata[MetaSource]}, true, nil
 }
 
 // discardPartial removes what an interrupted attempt may have left.
@@ -288,7 +290,7 @@ func (p *Provisioner) discardPartial(ctx context.Context, reg *records.Registry,
 	}
 	// A clone of a volume may have left its temporary snapshot on the source.
 	if src, ok := strings.CutPrefix(res.Params[sourceParam], "volume "); ok {
-		if sid, _, scl, err := p.Lookup(src); err == nil {
+		if sid, _, scl, err := p.Lookup(ctx, src); err == nil {
 			for _, image := range []string{sid.ImageName(), sid.DeletedImageName()} {
 				if err := scl.RemoveSnapshot(ctx, image, volumeid.ClonePrefix+res.UUID); err != nil {
 					return classify(err, "removing the temporary snapshot of an interrupted clone")
@@ -305,6 +307,9 @@ func (p *Provisioner) discardPartial(ctx context.Context, reg *records.Registry,
 	id.UUID = res.UUID
 	if err := reg.UnindexVolume(ctx, id.String()); err != nil {
 		return classify(err, "unindexing an interrupted create")
+	}
+	if err := reg.DropMove(ctx, id.String()); err != nil { // a ready volume, moved, then lost
+		return classify(err, "dropping the move record of a lost volume")
 	}
 	res.Backend, res.VolumeID, res.State = "", "", records.StateCreating
 	return classify(reg.Save(ctx, res), "resetting the reservation")

@@ -19,14 +19,20 @@ import (
 // reapDeleted removes the image of a deleted volume once nothing needs it
 // (no snapshot left, none in Ceph's snapshot trash waiting for a clone), then
 // goes up its clone chain: removing it may free its deleted parent. Failures
-// are logged and left to the periodic sweep.
-func (p *Provisioner) reapDeleted(ctx context.Context, reg *records.Registry, cl backend.Cluster, bname, image string) {
+// are logged and left to the periodic sweep. volumeID is the ID of image's
+// volume if known, else "": it is then derived from the pool, which misses
+// a volume a retype moved here; the sweep, which knows every listed ID,
+// unlists that one.
+func (p *Provisioner) reapDeleted(ctx context.Context, reg *records.Registry, cl backend.Cluster, bname, image, volumeID string) {
 	fsid, err := volumeid.NormalizeFSID(cl.ClusterID())
 	if err != nil {
 		return
 	}
-	for strings.HasPrefix(image, volumeid.DeletedPrefix) {
-		vid := volumeid.ID{FSID: fsid, PoolID: cl.PoolID(), UUID: strings.TrimPrefix(image, volumeid.DeletedPrefix)}
+	for ; strings.HasPrefix(image, volumeid.DeletedPrefix); volumeID = "" {
+		vid := volumeid.ID{FSID: fsid, PoolID: cl.PoolID(), UUID: strings.TrimPrefix(image, volumeid.DeletedPrefix)}.String()
+		if volumeID != "" {
+			vid = volumeID
+		}
 		usage, err := cl.Usage(ctx, image)
 		if err == nil {
 			err = cl.RemoveImage(ctx, image)
@@ -41,9 +47,21 @@ func (p *Provisioner) reapDeleted(ctx context.Context, reg *records.Registry, cl
 			p.Log.Warn("could not remove the image of a deleted volume; the sweep retries", "image", image, "backend", bname, "error", err)
 			return
 		}
-		if err := reg.UnmarkDeleted(ctx, vid.String()); err != nil {
-			p.Log.Warn("could not unlist a removed deleted volume; the sweep retries", "volume", vid.String(), "error", err)
+		listed, err := reg.IsDeleted(ctx, vid)
+		if err != nil {
+			p.Log.Warn("could not read the deleted list; the sweep retries", "volume", vid, "error", err)
 			return
+		}
+		if listed { // else the volume is alive (or long gone): nothing to drop
+			// The move record first: the listing is what brings the sweep back.
+			if err := reg.DropMove(ctx, vid); err != nil {
+				p.Log.Warn("could not drop the move record of a removed deleted volume; the sweep retries", "volume", vid, "error", err)
+				return
+			}
+			if err := reg.UnmarkDeleted(ctx, vid); err != nil {
+				p.Log.Warn("could not unlist a removed deleted volume; the sweep retries", "volume", vid, "error", err)
+				return
+			}
 		}
 		if removed {
 			p.Log.Info("removed the image of a deleted volume: its last snapshot and clone are gone", "image", image, "backend", bname)
@@ -70,11 +88,11 @@ func (p *Provisioner) SweepDeleted(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		bname, cl, err := p.Backends.Locate(id.FSID, id.PoolID)
+		bname, cl, err := p.locate(ctx, id, "deleted volume "+kv.Key)
 		if err != nil {
 			continue // down: next sweep
 		}
-		p.reapDeleted(ctx, reg, cl, bname, id.DeletedImageName())
+		p.reapDeleted(ctx, reg, cl, bname, id.DeletedImageName(), kv.Key)
 	}
 	return nil
 }
@@ -196,7 +214,7 @@ func (p *Provisioner) flattenOne(ctx context.Context, reg *records.Registry, vol
 		p.flat.mu.Unlock()
 	}()
 	log := p.Log.With("volume", volumeID)
-	id, bname, cl, err := p.Lookup(volumeID)
+	id, bname, cl, err := p.Lookup(ctx, volumeID)
 	var pe *Error
 	if errors.As(err, &pe) && pe.Kind == NotFound {
 		_ = reg.FlattenDone(ctx, volumeID)
@@ -235,5 +253,5 @@ func (p *Provisioner) flattenOne(ctx context.Context, reg *records.Registry, vol
 		return
 	}
 	log.Info("volume flattened", "took", time.Since(start).Round(time.Millisecond))
-	p.reapDeleted(ctx, reg, cl, bname, usage.Parent)
+	p.reapDeleted(ctx, reg, cl, bname, usage.Parent, "")
 }

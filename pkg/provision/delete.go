@@ -12,26 +12,22 @@ import (
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
 
-// Lookup finds the backend of a volume ID. A malformed ID, or one from a
-// cluster no backend serves, is NotFound; a backend that is down is Unavailable.
-func (p *Provisioner) Lookup(volumeID string) (volumeid.ID, string, backend.Cluster, error) {
+// Lookup finds the backend of a volume ID: the cluster and pool the ID
+// names, or where a retype moved the volume (records.Move). A malformed ID,
+// or one no backend serves, is NotFound; a backend that is down, or a move
+// that is still undecided, is Unavailable.
+func (p *Provisioner) Lookup(ctx context.Context, volumeID string) (volumeid.ID, string, backend.Cluster, error) {
 	id, err := volumeid.Parse(volumeID)
 	if err != nil {
 		return id, "", nil, errorf(NotFound, err, "volume %q does not exist", volumeID)
 	}
-	name, cl, err := p.Backends.Locate(id.FSID, id.PoolID)
-	switch {
-	case errors.Is(err, backend.ErrNotFound):
-		return id, "", nil, errorf(NotFound, nil, "volume %q does not exist: no configured backend serves its cluster and pool", volumeID)
-	case err != nil:
-		return id, name, nil, errorf(Unavailable, err, "cannot reach the backend of volume %q", volumeID)
-	}
-	return id, name, cl, nil
+	name, cl, err := p.locate(ctx, id, "volume "+volumeID)
+	return id, name, cl, err
 }
 
 // Stat returns the volume's image information, NotFound if absent.
 func (p *Provisioner) Stat(ctx context.Context, volumeID string) (volumeid.ID, string, backend.ImageInfo, error) {
-	id, name, cl, err := p.Lookup(volumeID)
+	id, name, cl, err := p.Lookup(ctx, volumeID)
 	if err != nil {
 		return id, name, backend.ImageInfo{}, err
 	}
@@ -52,7 +48,7 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 		log.Info("delete of an unknown volume: nothing to do", "reason", err)
 		return nil
 	}
-	bname, cl, reg, err := p.deleteTarget(id, "volume "+volumeID)
+	bname, cl, reg, err := p.deleteTarget(ctx, id, "volume "+volumeID)
 	if cl == nil || err != nil {
 		return err
 	}
@@ -118,15 +114,20 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	if err := reg.FlattenDone(ctx, volumeID); err != nil {
 		return classify(err, "dropping the volume from the flatten queue")
 	}
+	if !deferred { // else its image is still found through it, until reaped
+		if err := reg.DropMove(ctx, volumeID); err != nil {
+			return classify(err, "dropping the move record")
+		}
+	}
 	if deferred {
 		log.Info("volume deleted; its image is kept for its snapshots and removed with the last of them", "backend", bname, "image", id.DeletedImageName())
 		// A snapshot deleted between the failed removal and the rename
 		// may have been its last one.
-		p.reapDeleted(ctx, reg, cl, bname, id.DeletedImageName())
+		p.reapDeleted(ctx, reg, cl, bname, id.DeletedImageName(), volumeID)
 		return nil
 	}
 	// Its parent may be a deleted volume's image that only it still needed.
-	p.reapDeleted(ctx, reg, cl, bname, usage.Parent)
+	p.reapDeleted(ctx, reg, cl, bname, usage.Parent, "")
 	p.kickSweeper()
 	log.Info("volume deleted", "backend", bname, "image", image)
 	return nil

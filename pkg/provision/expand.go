@@ -30,7 +30,7 @@ func (p *Provisioner) Expand(ctx context.Context, volumeID string, required, lim
 	if err != nil {
 		return 0, err
 	}
-	_, _, cl, err := p.Lookup(volumeID) // no Ceph call: Stat just did it
+	_, _, cl, err := p.Lookup(ctx, volumeID) // no Ceph call: Stat just did it
 	if err != nil {
 		return 0, err
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/failpoint"
 	"github.com/basalt-csi/basalt/pkg/flow"
 	"github.com/basalt-csi/basalt/pkg/records"
@@ -43,11 +44,11 @@ func (p *Provisioner) CreateGroupSnapshot(ctx context.Context, req GroupRequest)
 	ids := make([]volumeid.ID, len(vols))
 	var bname string
 	for i, v := range vols {
-		id, name, _, err := p.Lookup(v)
+		id, name, _, err := p.Lookup(ctx, v)
 		if err != nil {
 			return Group{}, err
 		}
-		if i > 0 && (id.FSID != ids[0].FSID || id.PoolID != ids[0].PoolID) {
+		if i > 0 && name != bname { // by backend: a retype may have moved a volume
 			return Group{}, errorf(InvalidArgument, nil, "volumes %s (backend %s) and %s (backend %s) cannot be snapshotted together: an RBD group snapshot covers the images of one Ceph cluster and pool", vols[0], bname, v, name)
 		}
 		ids[i], bname = id, name
@@ -75,7 +76,10 @@ func (p *Provisioner) CreateGroupSnapshot(ctx context.Context, req GroupRequest)
 		log.Info("resuming an interrupted group snapshot", "uuid", res.UUID)
 	}
 
-	gid := volumeid.GroupSnapshotID{FSID: ids[0].FSID, PoolID: ids[0].PoolID, UUID: res.UUID}
+	gid, err := groupIDOn(cl, res.UUID)
+	if err != nil {
+		return Group{}, classify(err, "naming the group snapshot")
+	}
 	images := make([]string, len(ids))
 	for i, id := range ids {
 		images[i] = id.ImageName()
@@ -208,7 +212,7 @@ func (p *Provisioner) DeleteGroupSnapshot(ctx context.Context, id string, snapsh
 	if err != nil {
 		return nil
 	}
-	bname, cl, reg, err := p.deleteTarget(volumeid.ID(gid), "group snapshot "+id)
+	bname, cl, reg, err := p.deleteTarget(ctx, volumeid.ID(gid), "group snapshot "+id)
 	if cl == nil || err != nil {
 		return err
 	}
@@ -244,11 +248,19 @@ func (p *Provisioner) DeleteGroupSnapshot(ctx context.Context, id string, snapsh
 		}
 		for _, sid := range e.SnapshotIDs {
 			if s, err := volumeid.ParseSnapshot(sid); err == nil {
-				p.reapDeleted(ctx, reg, cl, bname, s.Volume.DeletedImageName())
+				p.reapDeleted(ctx, reg, cl, bname, s.Volume.DeletedImageName(), s.Volume.String())
 			}
 		}
 	}
 	p.kickSweeper()
 	p.Log.Info("group snapshot deleted", "groupSnapshot", id)
 	return nil
+}
+
+// groupIDOn names the group snapshot uuid whose RBD group is in cl's pool:
+// where the member images are now, which is not the pool their IDs name
+// once a retype moved them.
+func groupIDOn(cl backend.Cluster, uuid string) (volumeid.GroupSnapshotID, error) {
+	fsid, err := volumeid.NormalizeFSID(cl.ClusterID())
+	return volumeid.GroupSnapshotID{FSID: fsid, PoolID: cl.PoolID(), UUID: uuid}, err
 }

@@ -146,6 +146,9 @@ func (p *Provisioner) publishContext(id volumeid.ID, bname string, info backend.
 	if cl, b, err := p.Backends.Get(bname); err == nil {
 		pc[PubPool] = b.Pool
 		pc[PubMonitors] = cl.Monitors()
+		if fsid, err := volumeid.NormalizeFSID(cl.ClusterID()); err == nil {
+			pc[PubClusterID] = fsid // where the volume is now (a retype may have moved it)
+		}
 	}
 	return pc
 }

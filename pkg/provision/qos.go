@@ -69,11 +69,11 @@ func QoSMetadata(params map[string]string) (set map[string]string, remove []stri
 	return set, remove, nil
 }
 
-// Modify is ControllerModifyVolume: it applies mutable parameters (QoS
-// limits) to the volume's image. Idempotent. Changing where a volume lives
-// (backend, capability.<key>: Cinder's retype) is refused for now; any
-// other key is InvalidArgument naming it.
-func (p *Provisioner) Modify(ctx context.Context, volumeID string, params map[string]string) error {
+// Modify is ControllerModifyVolume: it moves the volume where pl asks, if
+// its backend does not meet pl (retype, see retype.go), then applies the
+// QoS limits in params to its image. Idempotent. A key that is neither a
+// QoS parameter nor one the Kubernetes sidecars add is InvalidArgument.
+func (p *Provisioner) Modify(ctx context.Context, volumeID string, params map[string]string, pl Placement) error {
 	var bad []string
 	for k := range params {
 		// csi-resizer --extra-modify-metadata adds PVC/PV names: not ours.
@@ -83,13 +83,18 @@ func (p *Provisioner) Modify(ctx context.Context, volumeID string, params map[st
 	}
 	if len(bad) > 0 {
 		sort.Strings(bad)
-		return errorf(InvalidArgument, nil, "parameters %s cannot be modified (mutable: %s; moving a volume to another backend, retype, is not supported yet)", strings.Join(bad, ", "), QoSParams())
+		return errorf(InvalidArgument, nil, "parameters %s cannot be modified (mutable: %s, backend, capability.<key>)", strings.Join(bad, ", "), QoSParams())
 	}
 	set, remove, err := QoSMetadata(params)
 	if err != nil {
 		return err
 	}
-	id, _, cl, err := p.Lookup(volumeID)
+	if !pl.empty() {
+		if err := p.retype(ctx, volumeID, pl); err != nil {
+			return err
+		}
+	}
+	id, _, cl, err := p.Lookup(ctx, volumeID)
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,9 @@ func (p *Provisioner) Recover(ctx context.Context, grace time.Duration) (undone 
 			}
 		}
 	}
+	if err := p.RecoverMoves(ctx, grace); err != nil {
+		return undone, err
+	}
 	// Deleted volumes whose images a crash kept past their last snapshot.
 	return undone, p.SweepDeleted(ctx)
 }
@@ -78,7 +81,7 @@ func (p *Provisioner) recoverOne(ctx context.Context, reg *records.Registry, kin
 // discardSnapshot removes what an interrupted CreateSnapshot may have left:
 // the RBD snapshot and its index entry.
 func (p *Provisioner) discardSnapshot(ctx context.Context, reg *records.Registry, res records.Reservation) error {
-	vid, _, cl, err := p.Lookup(res.Source)
+	vid, _, cl, err := p.Lookup(ctx, res.Source)
 	var pe *Error
 	if errors.As(err, &pe) && pe.Kind == NotFound {
 		return nil
@@ -99,7 +102,7 @@ func (p *Provisioner) discardSnapshot(ctx context.Context, reg *records.Registry
 // have left: the RBD group and its snapshot, and the index entries.
 func (p *Provisioner) discardGroup(ctx context.Context, reg *records.Registry, res records.Reservation) error {
 	vols := strings.Split(res.Source, ",")
-	first, _, cl, err := p.Lookup(vols[0])
+	_, _, cl, err := p.Lookup(ctx, vols[0])
 	var pe *Error
 	if errors.As(err, &pe) && pe.Kind == NotFound {
 		return nil
@@ -107,7 +110,10 @@ func (p *Provisioner) discardGroup(ctx context.Context, reg *records.Registry, r
 	if err != nil {
 		return err
 	}
-	gid := volumeid.GroupSnapshotID{FSID: first.FSID, PoolID: first.PoolID, UUID: res.UUID}
+	gid, err := groupIDOn(cl, res.UUID)
+	if err != nil {
+		return classify(err, "naming an interrupted group snapshot")
+	}
 	if err := cl.RemoveGroupSnapshot(ctx, gid.GroupName(), volumeid.GroupSnapName); err != nil {
 		return classify(err, "removing the group snapshot of an interrupted create")
 	}

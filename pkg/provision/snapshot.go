@@ -29,7 +29,7 @@ func (p *Provisioner) CreateSnapshot(ctx context.Context, req SnapshotRequest) (
 	if err != nil {
 		return records.SnapshotEntry{}, err
 	}
-	vid, bname, cl, err := p.Lookup(req.SourceVolumeID)
+	vid, bname, cl, err := p.Lookup(ctx, req.SourceVolumeID)
 	if err != nil {
 		return records.SnapshotEntry{}, err
 	}
@@ -114,7 +114,7 @@ func (p *Provisioner) DeleteSnapshot(ctx context.Context, snapshotID string) err
 		log.Info("delete of an unknown snapshot: nothing to do", "reason", err)
 		return nil
 	}
-	bname, cl, reg, err := p.deleteTarget(sid.Volume, "snapshot "+snapshotID)
+	bname, cl, reg, err := p.deleteTarget(ctx, sid.Volume, "snapshot "+snapshotID)
 	if cl == nil || err != nil {
 		return err
 	}
@@ -146,7 +146,7 @@ func (p *Provisioner) DeleteSnapshot(ctx context.Context, snapshotID string) err
 			return classify(err, "unindexing the snapshot")
 		}
 	}
-	p.reapDeleted(ctx, reg, cl, bname, sid.Volume.DeletedImageName())
+	p.reapDeleted(ctx, reg, cl, bname, sid.Volume.DeletedImageName(), sid.Volume.String())
 	p.kickSweeper()
 	log.Info("snapshot deleted")
 	return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"strconv"
+	"time"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/flow"
@@ -65,10 +66,29 @@ func withSource(params map[string]string, cs ContentSource) map[string]string {
 	return out
 }
 
-// locate finds the backend of a volume: NotFound (with what) for an ID no
-// backend serves, Unavailable when its backend is down.
-func (p *Provisioner) locate(id volumeid.ID, what string) (string, backend.Cluster, error) {
-	name, cl, err := p.Backends.Locate(id.FSID, id.PoolID)
+// locate finds the backend of a volume (or of the volume a snapshot ID
+// names): NotFound (with what) for an ID no backend serves, Unavailable when
+// its backend is down. A volume that a retype moved is where its move
+// record says; the record is one omap read in the registry.
+func (p *Provisioner) locate(ctx context.Context, id volumeid.ID, what string) (string, backend.Cluster, error) {
+	fsid, pool := id.FSID, id.PoolID
+	reg, err := p.registry()
+	if err != nil {
+		return "", nil, err
+	}
+	m, err := reg.Move(ctx, id.String())
+	switch {
+	case errors.Is(err, records.ErrNotFound):
+	case err != nil:
+		return "", nil, errorf(Unavailable, err, "cannot read where %s is (its move record)", what)
+	default:
+		loc, ok := m.Current()
+		if !ok {
+			return "", nil, errorf(Unavailable, nil, "%s is being moved from backend %s to %s (a retype started %s); retry", what, m.From.Backend, m.To.Backend, m.Updated.Format(time.RFC3339))
+		}
+		fsid, pool = loc.FSID, loc.PoolID
+	}
+	name, cl, err := p.Backends.Locate(fsid, pool)
 	switch {
 	case errors.Is(err, backend.ErrNotFound):
 		return "", nil, errorf(NotFound, nil, "%s does not exist: no configured backend serves its cluster and pool", what)
@@ -81,8 +101,8 @@ func (p *Provisioner) locate(id volumeid.ID, what string) (string, backend.Clust
 // deleteTarget finds the backend and registry a delete of what (on volume
 // id's cluster and pool) works on. A nil cluster with a nil error means the
 // ID names nothing this driver serves: the delete succeeds (idempotent).
-func (p *Provisioner) deleteTarget(id volumeid.ID, what string) (string, backend.Cluster, *records.Registry, error) {
-	bname, cl, err := p.locate(id, what)
+func (p *Provisioner) deleteTarget(ctx context.Context, id volumeid.ID, what string) (string, backend.Cluster, *records.Registry, error) {
+	bname, cl, err := p.locate(ctx, id, what)
 	var pe *Error
 	if errors.As(err, &pe) && pe.Kind == NotFound {
 		p.Log.Info("delete of something unknown: nothing to do", "what", what, "reason", err)
@@ -100,7 +120,7 @@ func (p *Provisioner) resolveSource(ctx context.Context, reg *records.Registry, 
 	if cs.SnapshotID != "" {
 		return p.snapshotOrigin(ctx, reg, cs.SnapshotID)
 	}
-	id, bname, cl, err := p.Lookup(cs.VolumeID)
+	id, bname, cl, err := p.Lookup(ctx, cs.VolumeID)
 	if err != nil {
 		return origin{}, err
 	}
@@ -136,7 +156,7 @@ func (p *Provisioner) snapshotOrigin(ctx context.Context, reg *records.Registry,
 	if err != nil {
 		return origin{}, classify(err, "reading the snapshot index")
 	}
-	bname, cl, err := p.locate(sid.Volume, "the volume of snapshot "+snapshotID)
+	bname, cl, err := p.locate(ctx, sid.Volume, "the volume of snapshot "+snapshotID)
 	if err != nil {
 		return origin{}, err
 	}

@@ -96,6 +96,13 @@ func (g *Registry) UnmarkDeleted(ctx context.Context, volumeID string) error {
 	return g.Store.IndexRemove(ctx, deletedIndexOID, volumeID)
 }
 
+// IsDeleted tells whether volumeID is listed as deleted.
+func (g *Registry) IsDeleted(ctx context.Context, volumeID string) (bool, error) {
+	kv, err := g.Store.IndexGet(ctx, deletedIndexOID, volumeID)
+	_, ok := kv[volumeID]
+	return ok, err
+}
+
 // Deleted lists up to max deleted volumes whose images wait for removal.
 func (g *Registry) Deleted(ctx context.Context, max int) ([]KV, error) {
 	return g.Store.IndexList(ctx, deletedIndexOID, "", "", max)

@@ -142,3 +142,27 @@ func rejectImage(_ *Backend, req *Request, _ filterOpts) string {
 	}
 	return ""
 }
+
+// Satisfies tells whether b, where a volume already is, meets req's pin and
+// capabilities (a retype's new parameters): "" if it does, else why not.
+// Zone, capacity and the image do not apply to a volume that is placed.
+func Satisfies(b Backend, req Request) string {
+	for _, f := range []func(*Backend, *Request, filterOpts) string{rejectUnpinned, rejectCapabilities} {
+		if why := f(&b, &req, filterOpts{}); why != "" {
+			return why
+		}
+	}
+	return ""
+}
+
+// Infeasible tells whether no backend could ever take the request as it
+// stands (every rejection is of the kind a retry cannot change: pin, zone,
+// capabilities), as opposed to one that is down or full now.
+func (e *NoCandidateError) Infeasible() bool {
+	for _, r := range e.Rejections {
+		if r.Filter == FilterUp || r.Filter == FilterCapacity {
+			return false
+		}
+	}
+	return true
+}

@@ -192,3 +192,43 @@ func TestRejectionsGroupedInPipelineOrder(t *testing.T) {
 		t.Fatalf("rejections = %v, want %v", got, want)
 	}
 }
+
+func TestSatisfies(t *testing.T) {
+	b := Backend{Name: "a", Capabilities: map[string]string{"tier": "fast"}}
+	for _, c := range []struct {
+		req  Request
+		want bool
+	}{
+		{Request{}, true},
+		{Request{Backend: "a"}, true},
+		{Request{Backend: "b"}, false},
+		{Request{Capabilities: map[string]string{"tier": "fast"}}, true},
+		{Request{Capabilities: map[string]string{"tier": "slow"}}, false},
+		{Request{Capabilities: map[string]string{"ssd": "true"}}, false},
+		// Zone and size never disqualify the backend a volume is on.
+		{Request{SizeBytes: 1 << 60, Requisite: []map[string]string{{TopologyKey: "elsewhere"}}}, true},
+	} {
+		if got := Satisfies(b, c.req) == ""; got != c.want {
+			t.Errorf("Satisfies(%+v) = %q, want ok=%v", c.req, Satisfies(b, c.req), c.want)
+		}
+	}
+}
+
+func TestInfeasible(t *testing.T) {
+	for _, c := range []struct {
+		filters []string
+		want    bool
+	}{
+		{[]string{FilterCapabilities, FilterZone}, true},
+		{[]string{FilterCapabilities, FilterCapacity}, false},
+		{[]string{FilterBackend, FilterUp}, false},
+	} {
+		e := &NoCandidateError{}
+		for _, f := range c.filters {
+			e.Rejections = append(e.Rejections, Rejection{Backend: "x", Filter: f})
+		}
+		if got := e.Infeasible(); got != c.want {
+			t.Errorf("Infeasible(%v) = %v, want %v", c.filters, got, c.want)
+		}
+	}
+}

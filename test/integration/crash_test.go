@@ -19,14 +19,20 @@ import (
 // would: the retry must succeed.
 func crashAt(t *testing.T, point string, op func(ctx context.Context, p *proc) error) *proc {
 	t.Helper()
+	return crashWith(t, cfgPath, point, op)
+}
+
+// crashWith is crashAt with the configuration file cfg.
+func crashWith(t *testing.T, cfg, point string, op func(ctx context.Context, p *proc) error) *proc {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "csi.sock")
-	p := startBinary(t, cfgPath, sock, "BASALT_FAILPOINTS="+point+"=kill")
+	p := startBinary(t, cfg, sock, "BASALT_FAILPOINTS="+point+"=kill")
 	err := op(opCtx(t), p)
 	_ = p.cmd.Wait()
 	if !strings.Contains(p.log.String(), "failpoint "+point+": SIGKILL") {
 		t.Fatalf("%s: the process did not die there (op: %v):\n%s", point, err, p.log)
 	}
-	p2 := startBinary(t, cfgPath, sock)
+	p2 := startBinary(t, cfg, sock)
 	if err := op(opCtx(t), p2); err != nil {
 		t.Fatalf("%s: retry after the restart: %v\n%s", point, err, p2.log)
 	}

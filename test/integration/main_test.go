@@ -56,7 +56,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer stopCluster("it1")
-	c2, err = startCluster("it2", "volumes")
+	c2, err = startCluster("it2", "volumes", "remote")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -73,7 +73,7 @@ func run(m *testing.M) int {
 	for _, u := range []struct {
 		c     *cluster
 		pools []string
-	}{{c1, []string{"volumes", "fast", "images:ro"}}, {c2, []string{"volumes"}}} {
+	}{{c1, []string{"volumes", "fast", "images:ro"}}, {c2, []string{"volumes", "remote"}}} {
 		if err := u.c.makeUsers(ctx, u.pools...); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -140,6 +140,7 @@ type testDriver struct {
 	ids  csi.IdentityClient
 	mgr  *backend.Manager
 	prov *provision.Provisioner
+	cfg  string // its configuration file, which its node plugins share
 }
 
 // wrapFn lets a test inject faults around a backend's real connection.
@@ -186,7 +187,7 @@ func startDriver(t *testing.T, yaml string, wrap wrapFn) *testDriver {
 		cancel()
 		mgr.Close()
 	})
-	return &testDriver{conn: conn, ctrl: csi.NewControllerClient(conn), ids: csi.NewIdentityClient(conn), mgr: mgr, prov: prov}
+	return &testDriver{conn: conn, ctrl: csi.NewControllerClient(conn), ids: csi.NewIdentityClient(conn), mgr: mgr, prov: prov, cfg: path}
 }
 
 // testWriter sends driver logs to the test log (shown with -v or on failure).

@@ -61,7 +61,8 @@ func TestModifyVolumeQoS(t *testing.T) {
 
 	wantCode(t, modify(map[string]string{"qosIopsLimit": "fast"}), codes.InvalidArgument, "qosIopsLimit")
 	wantCode(t, modify(map[string]string{"qosBogus": "1"}), codes.InvalidArgument, "qosBogus")
-	wantCode(t, modify(map[string]string{"backend": "a-fast"}), codes.InvalidArgument, "retype")
+	wantCode(t, modify(map[string]string{"backend": "a-fast"}), codes.FailedPrecondition, "unpublished")
+	wantCode(t, modify(map[string]string{"backend": "nowhere"}), codes.InvalidArgument, "nowhere")
 	_, err := d.ctrl.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{VolumeId: "bsl1.0000.1.00000000000000000000000000000000", MutableParameters: map[string]string{"qosIopsLimit": "1"}})
 	wantCode(t, err, codes.NotFound)
 	_, err = d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-qos-bad", VolumeCapabilities: mountCap(), Parameters: map[string]string{"qosBpsLimit": "-5"}})

@@ -37,11 +37,12 @@ type nodePlugin struct {
 	log      *bytes.Buffer
 	node     csi.NodeClient
 	env      []string // extra environment (failpoints)
+	cfg      string   // the configuration file, its controller's
 }
 
 func startNode(t *testing.T, d *testDriver, id string, env ...string) *nodePlugin {
 	t.Helper()
-	n := &nodePlugin{t: t, id: id, stateDir: t.TempDir(), sock: filepath.Join(t.TempDir(), "node.sock"), env: env}
+	n := &nodePlugin{t: t, id: id, cfg: d.cfg, stateDir: t.TempDir(), sock: filepath.Join(t.TempDir(), "node.sock"), env: env}
 	n.start()
 	t.Cleanup(func() {
 		n.kill()
@@ -67,7 +68,7 @@ func (n *nodePlugin) start() {
 	n.t.Helper()
 	n.log = &bytes.Buffer{}
 	n.cmd = exec.Command(binary, "--mode=node", "--node-id", n.id, "--zone", "zone-a", "--mapper", "fuse",
-		"--state-dir", n.stateDir, "--config", cfgPath, "--endpoint", "unix://"+n.sock)
+		"--state-dir", n.stateDir, "--config", n.cfg, "--endpoint", "unix://"+n.sock)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	n.cmd.Env = append(os.Environ(), n.env...)
 	if err := n.cmd.Start(); err != nil {

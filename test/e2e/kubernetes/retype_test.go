@@ -1,0 +1,119 @@
+package kubernetes
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// retypePod writes (or, with only a sleep, just mounts) the claim.
+func retypePod(name, cmd string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s}
+spec:
+  nodeSelector: {kubernetes.io/hostname: e2e-node}
+  containers:
+  - name: app
+    image: busybox:1.36
+    command: ["sh", "-c", %q]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: retype-data}
+`, name, cmd)
+}
+
+// A retype between the two backends (pools) of the e2e cluster: a PVC made
+// with a VolumeAttributesClass that pins backend a-one is written by a pod;
+// once the pod is gone the PVC switches to a class pinning a-two, and
+// csi-resizer's ControllerModifyVolume moves the image by RBD live
+// migration. The PV is the same, and a new pod reads the data through it.
+func TestRetypeKeepsDataAndPV(t *testing.T) {
+	kubectl(t, "apply", "-f", filepath.Join(repoRoot, "examples/kubernetes/storageclass.yaml"))
+	kubectlIn(t, `apiVersion: storage.k8s.io/v1
+kind: VolumeAttributesClass
+metadata: {name: basalt-on-a-one}
+driverName: rbd.basalt.dev
+parameters: {backend: a-one}
+---
+apiVersion: storage.k8s.io/v1
+kind: VolumeAttributesClass
+metadata: {name: basalt-on-a-two}
+driverName: rbd.basalt.dev
+parameters: {backend: a-two, qosIopsLimit: "2000"}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: retype-data}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: basalt-golden
+  volumeAttributesClassName: basalt-on-a-one
+  resources: {requests: {storage: 256Mi}}
+`, "apply", "-f", "-")
+	const text = "written on a-one, read on a-two"
+	kubectlIn(t, retypePod("retype-app-1", "echo '"+text+"' > /data/retype.txt && sync && sleep 3600"), "apply", "-f", "-")
+	waitPodRunning(t, "retype-app-1")
+	pvc := jsonOf(t, "get", "pvc", "retype-data")
+	pv := str(pvc, "spec", "volumeName")
+	pvObj := jsonOf(t, "get", "pv", pv)
+	handle := str(pvObj, "spec", "csi", "volumeHandle")
+	if b := str(pvObj, "spec", "csi", "volumeAttributes", "backend"); b != "a-one" {
+		t.Fatalf("the VolumeAttributesClass at create did not pin the volume to a-one: %s", b)
+	}
+	name := str(pvObj, "spec", "csi", "volumeAttributes", "imageName")
+	eventually(t, "the pod's write", time.Minute, func() string {
+		got, err := os.ReadFile(filepath.Join(podVolumeDir(t, "retype-app-1", pv), "retype.txt"))
+		if err != nil || strings.TrimSpace(string(got)) != text {
+			return fmt.Sprintf("%q %v", got, err)
+		}
+		return ""
+	})
+
+	// The pod goes (a volume moves only unpublished), the class changes.
+	kubectl(t, "delete", "pod", "retype-app-1", "--wait=false")
+	waitPodGone(t, "retype-app-1")
+	kubectl(t, "patch", "pvc", "retype-data", "--type=merge", "-p", `{"spec":{"volumeAttributesClassName":"basalt-on-a-two"}}`)
+	eventually(t, "the image moved to a-two's pool", 4*time.Minute, func() string {
+		imgs := basaltImages(t)
+		if !slices.Contains(imgs, "volumes-b/"+name) || slices.Contains(imgs, "volumes-a/"+name) {
+			return fmt.Sprintf("images %v", imgs)
+		}
+		if c := str(jsonOf(t, "get", "pvc", "retype-data"), "status", "currentVolumeAttributesClassName"); c != "basalt-on-a-two" {
+			return "currentVolumeAttributesClassName " + c
+		}
+		return ""
+	})
+	if m := rbd(t, "image-meta", "list", "volumes-b/"+name); !strings.Contains(m, "2000") {
+		t.Fatalf("QoS of the new class not on the moved image:\n%s", m)
+	}
+	pvc = jsonOf(t, "get", "pvc", "retype-data")
+	if str(pvc, "spec", "volumeName") != pv || str(jsonOf(t, "get", "pv", pv), "spec", "csi", "volumeHandle") != handle {
+		t.Fatalf("the claim is bound to another volume after the retype: %v", get(pvc, "spec"))
+	}
+
+	kubectlIn(t, retypePod("retype-app-2", "cat /data/retype.txt /data/golden.txt && sleep 3600"), "apply", "-f", "-")
+	waitPodRunning(t, "retype-app-2")
+	got, err := os.ReadFile(filepath.Join(podVolumeDir(t, "retype-app-2", pv), "retype.txt"))
+	if err != nil || strings.TrimSpace(string(got)) != text {
+		t.Fatalf("after the retype the pod reads %q (%v), want %q", got, err, text)
+	}
+
+	kubectl(t, "delete", "pod", "retype-app-2", "--wait=false")
+	waitPodGone(t, "retype-app-2")
+	kubectl(t, "delete", "pvc", "retype-data")
+	eventually(t, "image of the moved volume deleted", 3*time.Minute, func() string {
+		for _, img := range basaltImages(t) {
+			if strings.HasSuffix(img, "/"+name) {
+				return "still there: " + img
+			}
+		}
+		return ""
+	})
+	kubectl(t, "delete", "volumeattributesclass", "basalt-on-a-one", "basalt-on-a-two")
+}
