@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -127,6 +128,14 @@ func TestRetype(t *testing.T) {
 	// A copy to the other cluster, and another one back home.
 	must(t, modify(map[string]string{"capability.tier": "remote"}))
 	expectAt("it2/remote")
+	// basalt-csi check knows the moved image for what it is.
+	findings, err := d.prov.Check(ctx, false, time.Hour)
+	must(t, err)
+	for _, f := range findings {
+		if strings.Contains(f.Object, image) || strings.Contains(f.Object, vol) {
+			t.Fatalf("check reports the moved volume: %+v", f)
+		}
+	}
 	writeThrough(t, d, n, vol, "written before the moves\n", true)
 	must(t, modify(map[string]string{"backend": "a-std"}))
 	expectAt("it1/volumes")
