@@ -131,8 +131,12 @@ func (p *Provisioner) retype(ctx context.Context, volumeID string, pl Placement)
 			Undo: func(ctx context.Context) error { return abortMigration(ctx, cl, image) },
 		})
 	} else {
-		meta := maps.Clone(info.Metadata)
-		meta[MetaDepth] = "0" // a copy is flat
+		meta := map[string]string{MetaDepth: "0"} // a copy is flat
+		for k, v := range info.Metadata {
+			if k != MetaDepth {
+				meta[k] = v
+			}
+		}
 		steps = append(steps, flow.Step{
 			Name: "snapshot for the copy",
 			Do: func(ctx context.Context) error {
@@ -382,9 +386,10 @@ func (p *Provisioner) dataTimeout() time.Duration {
 	return time.Duration(p.Backends.Config().FlattenTimeoutSeconds) * time.Second
 }
 
-// RecoverMoves settles the moves interrupted longer than grace ago (undone
-// before their switch, finished after it); moves whose volume is locked in
-// this process are being worked on and skipped.
+// RecoverMoves settles interrupted moves (undone before their switch,
+// finished after it): this instance's own at once (its previous
+// incarnation is dead and fenced; a move this process runs holds the
+// volume's lock and is skipped), others' once grace has passed.
 func (p *Provisioner) RecoverMoves(ctx context.Context, grace time.Duration) error {
 	reg, err := p.registry()
 	if err != nil {
@@ -395,7 +400,7 @@ func (p *Provisioner) RecoverMoves(ctx context.Context, grace time.Duration) err
 		return classify(err, "listing moves")
 	}
 	for _, m := range moves {
-		if m.State == records.MoveDone || time.Since(m.Updated) < grace {
+		if m.State == records.MoveDone || (m.Owner != p.Instance && time.Since(m.Updated) < grace) {
 			continue
 		}
 		lctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)

@@ -10,24 +10,6 @@ import (
 	"time"
 )
 
-// retypePod mounts the claim retype-data.
-func retypePod(name string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: %s}
-spec:
-  nodeSelector: {kubernetes.io/hostname: e2e-node}
-  containers:
-  - name: app
-    image: busybox:1.36
-    command: ["sh", "-c", "sleep 3600"]
-    volumeMounts: [{name: data, mountPath: /data}]
-  volumes:
-  - name: data
-    persistentVolumeClaim: {claimName: retype-data}
-`, name)
-}
-
 // A retype between the two backends (pools) of the e2e cluster: a PVC made
 // with a VolumeAttributesClass that pins backend a-one is written by a pod;
 // once the pod is gone the PVC switches to a class pinning a-two, and
@@ -57,7 +39,7 @@ spec:
   resources: {requests: {storage: 256Mi}}
 `, "apply", "-f", "-")
 	const text = "written on a-one, read on a-two"
-	kubectlIn(t, retypePod("retype-app-1"), "apply", "-f", "-")
+	kubectlIn(t, podYAML("retype-app-1", "retype-data"), "apply", "-f", "-")
 	waitPodRunning(t, "retype-app-1")
 	pvc := jsonOf(t, "get", "pvc", "retype-data")
 	pv := str(pvc, "spec", "volumeName")
@@ -95,7 +77,7 @@ spec:
 		t.Fatalf("the claim is bound to another volume after the retype: %v", get(pvc, "spec"))
 	}
 
-	kubectlIn(t, retypePod("retype-app-2"), "apply", "-f", "-")
+	kubectlIn(t, podYAML("retype-app-2", "retype-data"), "apply", "-f", "-")
 	waitPodRunning(t, "retype-app-2")
 	got, err := os.ReadFile(filepath.Join(podVolumeDir(t, "retype-app-2", pv), "retype.txt"))
 	if err != nil || strings.TrimSpace(string(got)) != text {
