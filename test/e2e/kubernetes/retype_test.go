@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -15,6 +17,7 @@ import (
 // once the pod is gone the PVC switches to a class pinning a-two, and
 // csi-resizer's ControllerModifyVolume moves the image by RBD live
 // migration. The PV is the same, and a new pod reads the data through it.
+// Then the moved ext4 volume grows (at the next stage: see Expansion).
 func TestRetypeKeepsDataAndPV(t *testing.T) {
 	kubectl(t, "apply", "-f", filepath.Join(repoRoot, "examples/kubernetes/storageclass.yaml"))
 	kubectlIn(t, `apiVersion: storage.k8s.io/v1
@@ -87,8 +90,36 @@ spec:
 		t.Fatalf("the golden image's file after the retype: %q %v", golden, err)
 	}
 
+	// The moved ext4 volume grows: ext4 cannot grow online here (no
+	// CAP_SYS_RESOURCE), so NodeExpandVolume refuses and the filesystem
+	// grows when the next pod stages the volume.
+	kubectl(t, "patch", "pvc", "retype-data", "--type=merge", "-p", `{"spec":{"resources":{"requests":{"storage":"384Mi"}}}}`)
+	eventually(t, "the image grown (ControllerExpandVolume)", 3*time.Minute, func() string {
+		if got := rbd(t, "info", "--format", "json", "volumes-b/"+name); !strings.Contains(got, `"size":402653184`) {
+			return got
+		}
+		return ""
+	})
 	kubectl(t, "delete", "pod", "retype-app-2", "--wait=false")
 	waitPodGone(t, "retype-app-2")
+	kubectlIn(t, podYAML("retype-app-3", "retype-data"), "apply", "-f", "-")
+	waitPodRunning(t, "retype-app-3")
+	eventually(t, "the ext4 filesystem grown at the new stage", 3*time.Minute, func() string {
+		if c := str(jsonOf(t, "get", "pvc", "retype-data"), "status", "capacity", "storage"); c != "384Mi" {
+			return "PVC capacity " + c
+		}
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(podVolumeDir(t, "retype-app-3", pv), &st); err != nil {
+			return err.Error()
+		}
+		if total := int64(st.Blocks) * st.Bsize; total < 320<<20 {
+			return "filesystem " + strconv.FormatInt(total, 10) + " bytes"
+		}
+		return ""
+	})
+
+	kubectl(t, "delete", "pod", "retype-app-3", "--wait=false")
+	waitPodGone(t, "retype-app-3")
 	kubectl(t, "delete", "pvc", "retype-data")
 	eventually(t, "image of the moved volume deleted", 3*time.Minute, func() string {
 		for _, img := range basaltImages(t) {
