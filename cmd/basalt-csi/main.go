@@ -30,6 +30,7 @@ var version = "dev"
 
 type options struct {
 	endpoint, mode, configPath, nodeID, zone, driverName, logFormat string
+	zoneLabel, kubeconfig                                           string
 	mapper, stateDir, instanceID                                    string
 	maxVolumes                                                      int64
 }
@@ -59,6 +60,8 @@ func run(args []string) error {
 	fs.StringVar(&o.configPath, "config", "/etc/basalt/config.yaml", "backend configuration (YAML)")
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's ID (node and all modes; default: the host name)")
 	fs.StringVar(&o.zone, "zone", "", "this node's zone (value of topology.rbd.basalt.dev/zone)")
+	fs.StringVar(&o.zoneLabel, "zone-from-node-label", "", "take this node's zone from this label of its Kubernetes Node object (named --node-id), e.g. topology.kubernetes.io/zone; overrides --zone")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "with --zone-from-node-label: the API server's kubeconfig (default: in-cluster credentials)")
 	fs.StringVar(&o.driverName, "driver-name", driver.DefaultName, "CSI driver name")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.mapper, "mapper", "auto", "how the node maps images: auto, krbd, nbd or fuse")
@@ -215,6 +218,14 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		go prov.RunSweeper(ctx, sweepInterval)
 	}
 	if o.mode != "controller" {
+		source := "--zone"
+		if o.zoneLabel != "" {
+			source = "node label " + o.zoneLabel
+			if o.zone, err = nodeZone(ctx, o.nodeID, o.zoneLabel, o.kubeconfig); err != nil {
+				return err
+			}
+		}
+		logZone(log, o.zone, source, cfg.Backends)
 		svc, err := newNodeService(o, prov, log)
 		if err != nil {
 			return err

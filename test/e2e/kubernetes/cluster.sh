@@ -155,12 +155,11 @@ imageGCLowThresholdPercent: 99
 YAML
   # Run from an empty scratch directory: the kubelet's log clean-up works
   # relative to its working directory when a container's log path is empty.
+  # The node's zone label is where the node plugin takes its zone from
+  # (--zone-from-node-label), as the DaemonSet of deploy/kubernetes does.
   (cd "$E2E/scratch" && start_bg kubelet "$BIN/kubelet" --kubeconfig "$E2E/admin.kubeconfig" \
-    --config "$E2E/kubelet.yaml" --root-dir "$KUBELET_ROOT" --hostname-override "$NODE" --v 2)
-  # No topology.kubernetes.io/zone label on purpose: the node DaemonSet of
-  # deploy/kubernetes selects it, and its hostPath volumes would be created
-  # on this host by the kubelet. Basalt's zone reaches Kubernetes through
-  # CSINode (topology.rbd.basalt.dev/zone) from the node plugin on this host.
+    --config "$E2E/kubelet.yaml" --root-dir "$KUBELET_ROOT" --hostname-override "$NODE" \
+    --node-labels "topology.kubernetes.io/zone=$ZONE" --v 2)
   wait_for "node $NODE Ready" 90 sh -c "'$BIN/kubectl' --kubeconfig '$E2E/admin.kubeconfig' get node $NODE -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
 
   log "snapshot CRDs and snapshot-controller (external-snapshotter, the cluster's part)"
@@ -171,7 +170,10 @@ YAML
     --feature-gates=CSIVolumeGroupSnapshot=true --leader-election=false --retry-interval-max=5s --v=3
 
   log "deploy/kubernetes (namespace, RBAC, CSIDriver, config) with kubectl apply -k"
-  kc apply -k "$ROOT/deploy/kubernetes" >"$E2E/logs/apply.log"
+  # Without the node DaemonSet: its containers would not be real here (the
+  # node plugin runs on this host, below), and the kubelet would create its
+  # hostPath directories on this host.
+  kc apply -k "$ROOT/deploy/kubernetes" -l 'app.kubernetes.io/name!=basalt-node' >"$E2E/logs/apply.log"
   # The sidecars run on this host with the controller ServiceAccount's own
   # token, so the RBAC rules of deploy/kubernetes are what they get.
   wait_for "basalt-controller service account" 30 kc -n $NS get serviceaccount basalt-controller
@@ -218,8 +220,12 @@ YAML
     --csi-address "$E2E/controller.sock" --leader-election=false --timeout=120s --retry-interval-max=5s --v=3
 
   log "basalt-csi node (fuse mapper), registrar"
+  # With the basalt-node ServiceAccount's own token: its RBAC (get nodes)
+  # is what lets it read its zone label.
+  kubeconfig "$E2E/node.kubeconfig" "$(kc -n $NS create token basalt-node --duration 4h)"
   start_bg basalt-node "$ROOT/bin/basalt-csi" --mode=node --config "$E2E/basalt.yaml" \
-    --endpoint "unix://$PLUGIN_DIR/csi.sock" --node-id "$NODE" --zone "$ZONE" --mapper fuse \
+    --endpoint "unix://$PLUGIN_DIR/csi.sock" --node-id "$NODE" --mapper fuse \
+    --zone-from-node-label topology.kubernetes.io/zone --kubeconfig "$E2E/node.kubeconfig" \
     --state-dir "$E2E/node-state" --max-volumes-per-node 32
   wait_for "node plugin socket" 60 test -S "$PLUGIN_DIR/csi.sock"
   start_bg registrar "$BIN/registrar" --driver-name "$DRIVER" \

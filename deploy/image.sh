@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Builds Basalt's container image from the Dockerfile without Docker and
+# without a registry (`make image`): the two base images the Dockerfile
+# names (a Go toolchain on Debian 12, and Debian 12 itself) are made here
+# from Debian packages, then buildah builds the Dockerfile on them, as
+# `docker build` would on golang:1.26-bookworm and debian:12-slim.
+#
+#   deploy/image.sh OUT.tar [TAG]     OCI archive of TAG (default localhost/basalt-csi:dev)
+#
+# The bases are cached by what they are made of (Debian suite and sources,
+# the Go version), in $BASALT_IMAGE_CACHE (default ~/.cache/basalt-images).
+# The module and build caches of the host's Go are lent to the build stage,
+# so a warm build compiles only what changed.
+set -euo pipefail
+
+out=${1:?usage: deploy/image.sh OUT.tar [TAG]}
+tag=${2:-localhost/basalt-csi:dev}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${BASALT_IMAGE_CACHE:-$HOME/.cache/basalt-images}
+suite=bookworm
+sources=/etc/apt/sources.list.d/debian.sources
+[ -f "$sources" ] || sources=/etc/apt/sources.list
+mkdir -p "$cache" "$(dirname "$out")"
+log() { echo "image: $*" >&2; }
+
+# buildah keeps its images and containers in a private store here, not in
+# the host's /var/lib/containers.
+store=(--root "$cache/storage" --runroot "$cache/run" --storage-driver vfs)
+
+# oci_archive ROOTFS.tar NAME OUT.tar: one uncompressed layer, as an OCI
+# image layout in a tar (what buildah reads as oci-archive:).
+oci_archive() {
+  local rootfs=$1 name=$2 dest=$3 d
+  d=$(mktemp -d)
+  mkdir -p "$d/blobs/sha256"
+  local layer; layer=$(sha256sum "$rootfs" | cut -d' ' -f1)
+  cp "$rootfs" "$d/blobs/sha256/$layer"
+  local size; size=$(stat -c %s "$rootfs")
+  printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$layer" >"$d/config.json"
+  local cfg; cfg=$(sha256sum "$d/config.json" | cut -d' ' -f1)
+  mv "$d/config.json" "$d/blobs/sha256/$cfg"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+    "$cfg" "$(stat -c %s "$d/blobs/sha256/$cfg")" "$layer" "$size" >"$d/manifest.json"
+  local man; man=$(sha256sum "$d/manifest.json" | cut -d' ' -f1)
+  local mansize; mansize=$(stat -c %s "$d/manifest.json")
+  mv "$d/manifest.json" "$d/blobs/sha256/$man"
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"%s"}}]}' \
+    "$man" "$mansize" "$name" >"$d/index.json"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$d/oci-layout"
+  tar -C "$d" -cf "$dest.tmp" oci-layout index.json blobs
+  mv "$dest.tmp" "$dest"
+  rm -rf "$d"
+}
+
+# Debian 12 minbase, the runtime base (debian:12-slim's role).
+key=$(cat "$sources" | sha256sum | cut -c1-12)
+base="$cache/debian-$suite-minbase-$key.tar"
+if [ ! -f "$base" ]; then
+  log "Debian $suite minbase (mmdebstrap, sources $sources)"
+  tmp=$(mktemp -d)
+  mmdebstrap --variant=minbase --quiet "$suite" "$tmp/rootfs.tar" "$sources"
+  oci_archive "$tmp/rootfs.tar" "debian:$suite" "$base"
+  rm -rf "$tmp"
+fi
+
+# The same plus this host's Go (golang:1.26-bookworm's role); GOPATH /go as
+# in the golang images.
+gover=$(go env GOVERSION)
+gobase="$cache/golang-$gover-$suite-$key.tar"
+if [ ! -f "$gobase" ]; then
+  log "Go $gover on Debian $suite"
+  ctr=$(buildah "${store[@]}" from --pull-never "oci-archive:$base")
+  buildah "${store[@]}" copy "$ctr" "$(go env GOROOT)" /usr/local/go >/dev/null
+  buildah "${store[@]}" config --env PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env GOPATH=/go "$ctr"
+  buildah "${store[@]}" commit --quiet "$ctr" "oci-archive:$gobase.tmp:golang:$gover" >/dev/null
+  buildah "${store[@]}" rm "$ctr" >/dev/null
+  mv "$gobase.tmp" "$gobase"
+fi
+
+log "building $tag from the Dockerfile (buildah, chroot isolation)"
+version=$(git -C "$root" describe --always --dirty 2>/dev/null || echo dev)
+buildah "${store[@]}" bud --quiet --isolation chroot --pull-never --layers=false \
+  --build-arg "GO_IMAGE=oci-archive:$gobase" --build-arg "BASE_IMAGE=oci-archive:$base" \
+  --build-arg "VERSION=$version" \
+  -v "$(go env GOMODCACHE):/go/pkg/mod" -v "$(go env GOCACHE):/root/.cache/go-build" \
+  -t "$tag" -f "$root/Dockerfile" "$root" >/dev/null
+rm -f "$out"
+buildah "${store[@]}" push --quiet "$tag" "oci-archive:$out:$tag"
+buildah "${store[@]}" rmi "$tag" >/dev/null 2>&1 || true
+log "$tag: $out ($(du -m "$out" | cut -f1) MiB)"
