@@ -7,7 +7,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all deps build run csc test unit integration sanity walkthrough e2e lint clean bench bench-quick
+.PHONY: all deps build run csc test unit integration sanity walkthrough e2e lint clean bench bench-quick image
 
 all: build
 
@@ -49,13 +49,18 @@ sanity: build
 walkthrough: build csc
 	examples/csc/walkthrough.sh
 
+# The container image, from the Dockerfile, without Docker or a registry:
+# an OCI archive (deploy/image.sh; bases made from Debian packages, cached).
+image: deps
+	deploy/image.sh _output/images/basalt-csi.tar
+
 # Real Kubernetes (built from Go modules, cached by version) + Ceph + Basalt.
 e2e: build
 	@mkdir -p _output
 	$(GO) test -count=1 -timeout 80m -v ./test/e2e/kubernetes/ 2>&1 | tee _output/e2e.log \
 	  | grep -E '^e2e|^(--- |PASS|FAIL|ok|panic)|^\s+\S+_test.go:[0-9]+: ' ; exit $${PIPESTATUS[0]}
 
-test: deps lint unit integration sanity walkthrough e2e
+test: deps lint unit integration sanity walkthrough image e2e
 
 clean:
 	-test/ceph-cluster.sh stop-all

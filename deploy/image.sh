@@ -54,24 +54,34 @@ oci_archive() {
 }
 
 # Debian 12 minbase, the runtime base (debian:12-slim's role).
-key=$(cat "$sources" | sha256sum | cut -c1-12)
+key=$( (cat "$sources"; echo slim-1) | sha256sum | cut -c1-12)
 base="$cache/debian-$suite-minbase-$key.tar"
 if [ ! -f "$base" ]; then
   log "Debian $suite minbase (mmdebstrap, sources $sources)"
   tmp=$(mktemp -d)
-  mmdebstrap --variant=minbase --quiet "$suite" "$tmp/rootfs.tar" "$sources"
+  # As debian:12-slim: no manuals, documentation (but the copyrights) or
+  # translations, now or in later installs; no apt lists or caches.
+  mmdebstrap --variant=minbase --quiet \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+    "$suite" "$tmp/rootfs.tar" "$sources"
   oci_archive "$tmp/rootfs.tar" "debian:$suite" "$base"
   rm -rf "$tmp"
 fi
 
 # The same plus this host's Go (golang:1.26-bookworm's role); GOPATH /go as
-# in the golang images.
+# in the golang images. It trusts the CAs this host trusts, so that its
+# `go mod download` reaches the module proxy the way the host's go does.
 gover=$(go env GOVERSION)
-gobase="$cache/golang-$gover-$suite-$key.tar"
+cabundle=/etc/ssl/certs/ca-certificates.crt
+gobase="$cache/golang-$gover-$suite-$key-$(sha256sum "$cabundle" | cut -c1-8).tar"
 if [ ! -f "$gobase" ]; then
   log "Go $gover on Debian $suite"
   ctr=$(buildah "${store[@]}" from --pull-never "oci-archive:$base")
   buildah "${store[@]}" copy "$ctr" "$(go env GOROOT)" /usr/local/go >/dev/null
+  buildah "${store[@]}" copy "$ctr" "$cabundle" /etc/ssl/certs/ca-certificates.crt >/dev/null
   buildah "${store[@]}" config --env PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --env GOPATH=/go "$ctr"
   buildah "${store[@]}" commit --quiet "$ctr" "oci-archive:$gobase.tmp:golang:$gover" >/dev/null
@@ -86,7 +96,20 @@ buildah "${store[@]}" bud --quiet --isolation chroot --pull-never --layers=false
   --build-arg "VERSION=$version" \
   -v "$(go env GOMODCACHE):/go/pkg/mod" -v "$(go env GOCACHE):/root/.cache/go-build" \
   -t "$tag" -f "$root/Dockerfile" "$root" >/dev/null
+# The image works: its binary runs (its shared libraries are there), and
+# every command the node plugin runs (mount-utils adds mkfs, fsck, blkid,
+# xfs_growfs) is on its PATH.
+log "checking $tag"
+ctr=$(buildah "${store[@]}" from --pull-never "$tag")
+buildah "${store[@]}" run --isolation chroot "$ctr" -- /usr/local/bin/basalt-csi --version >/dev/null
+buildah "${store[@]}" run --isolation chroot "$ctr" -- sh -c '
+  for t in rbd rbd-nbd rbd-fuse fusermount losetup blkid mount umount mkfs.ext4 e2fsck dumpe2fs resize2fs mkfs.xfs xfs_repair xfs_growfs; do
+    command -v "$t" >/dev/null || { echo "the image lacks $t" >&2; exit 1; }
+  done'
 rm -f "$out"
 buildah "${store[@]}" push --quiet "$tag" "oci-archive:$out:$tag"
-buildah "${store[@]}" rmi "$tag" >/dev/null 2>&1 || true
+# Keep only the two bases (the store's copies are remade from them in seconds).
+buildah "${store[@]}" rm --all >/dev/null 2>&1 || true
+buildah "${store[@]}" rmi --all --force >/dev/null 2>&1 || true
+find "$cache" -maxdepth 1 -name '*.tar' ! -name "$(basename "$base")" ! -name "$(basename "$gobase")" -delete
 log "$tag: $out ($(du -m "$out" | cut -f1) MiB)"
