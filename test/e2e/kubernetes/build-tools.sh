@@ -2,7 +2,8 @@
 # Builds (once, cached by version) every binary the real-Kubernetes e2e test
 # needs: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer,
-# snapshot-controller (with the snapshot CRDs), fakecri and registrar.
+# snapshot-controller (with the snapshot CRDs), containerd (with its runc
+# shim and ctr), and this repository's fakecri, registrar and livenessprobe.
 #
 # Cache: ${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}/<key>/bin, where <key>
 # encodes every pinned version plus a hash of the tools module
@@ -25,8 +26,11 @@ SNAP_CLIENT_MOD=github.com/kubernetes-csi/external-snapshotter/client/v8
 SNAP_VERSION=v8.6.0           # csi-snapshotter, snapshot-controller and the CRDs
 RSZ_MOD=github.com/kubernetes-csi/external-resizer/v2
 RSZ_VERSION=v2.2.0            # v2.2.1 is not served by this proxy
+CTRD_MOD=github.com/containerd/containerd/v2
+CTRD_VERSION=v2.4.2           # Kubernetes >= 1.36 needs containerd 2.x; Debian 12 has 1.6
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
-	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller csi-resizer fakecri registrar)
+	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller csi-resizer
+	containerd containerd-shim-runc-v2 ctr fakecri registrar livenessprobe)
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS_DIR=$SCRIPT_DIR/tools
@@ -39,7 +43,7 @@ tools_hash() {
 		LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
 }
 
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_snap-${SNAP_VERSION}_rsz-${RSZ_VERSION}_tools-$(tools_hash)"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_snap-${SNAP_VERSION}_rsz-${RSZ_VERSION}_ctrd-${CTRD_VERSION}_tools-$(tools_hash)"
 CACHE_ROOT=${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}
 mkdir -p "$CACHE_ROOT"
 CACHE_ROOT=$(cd "$CACHE_ROOT" && pwd)
@@ -144,7 +148,9 @@ step kubernetes build_tools_module "$WORK/bin/" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
 step etcd build_tools_module "$WORK/bin/etcd" go.etcd.io/etcd/server/v3
-step fakecri+registrar build_tools_module "$WORK/bin/" ./fakecri ./registrar
+step tools build_tools_module "$WORK/bin/" ./fakecri ./registrar ./livenessprobe
+step containerd env -C "$WORK" GOBIN="$WORK/bin" "$GO" install \
+	"$CTRD_MOD/cmd/containerd@$CTRD_VERSION" "$CTRD_MOD/cmd/containerd-shim-runc-v2@$CTRD_VERSION" "$CTRD_MOD/cmd/ctr@$CTRD_VERSION"
 step csi-provisioner build_sidecar "$PROV_MOD" "$PROV_VERSION" ./cmd/csi-provisioner csi-provisioner
 step csi-attacher build_sidecar "$ATT_MOD" "$ATT_VERSION" ./cmd/csi-attacher csi-attacher
 step csi-resizer build_sidecar "$RSZ_MOD" "$RSZ_VERSION" ./cmd/csi-resizer csi-resizer
@@ -171,7 +177,7 @@ mkdir -p "$CACHE_ROOT/$KEY"
 rm -rf "$BIN"
 mv "$WORK/bin" "$BIN"
 summary=""
-for k in kubernetes etcd fakecri+registrar csi-provisioner csi-attacher csi-snapshotter snapshot-controller; do
+for k in kubernetes etcd tools containerd csi-provisioner csi-attacher csi-snapshotter snapshot-controller; do
 	summary+=" $k=${TIMES[$k]}s"
 done
 log "done in $((SECONDS - T0)) s:$summary"

@@ -1,5 +1,8 @@
 // Command registrar is a minimal node-driver-registrar: it registers a CSI
-// driver with the kubelet through the plugin registration API.
+// driver with the kubelet through the plugin registration API. It takes
+// node-driver-registrar's own flags, so that it runs in its place in
+// deploy/kubernetes/node.yaml: the real one cannot be built here (the module
+// proxy serves no version of github.com/kubernetes-csi/node-driver-registrar).
 package main
 
 import (
@@ -7,12 +10,17 @@ import (
 	"flag"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	regapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 )
 
@@ -43,11 +51,17 @@ func (s *server) NotifyRegistrationStatus(ctx context.Context, st *regapi.Regist
 func main() {
 	log.SetOutput(os.Stderr)
 	endpoint := flag.String("kubelet-registration-path", "", "CSI socket path as the kubelet should dial it (required)")
-	regDir := flag.String("plugin-registration-dir", "/var/lib/kubelet/plugins_registry", "kubelet's plugin registration directory")
-	name := flag.String("driver-name", "rbd.basalt.dev", "CSI driver name")
+	regDir := flag.String("plugin-registration-dir", "/registration", "kubelet's plugin registration directory (as this process sees it)")
+	csiAddress := flag.String("csi-address", "", "the driver's CSI socket, to ask its name (GetPluginInfo)")
+	name := flag.String("driver-name", "", "CSI driver name (default: asked from --csi-address)")
+	httpEndpoint := flag.String("http-endpoint", "", "serve /healthz here (ok while the registration socket exists)")
+	flag.Int("v", 0, "log level (accepted for compatibility)")
 	flag.Parse()
 	if *endpoint == "" {
 		log.Fatal("registrar: --kubelet-registration-path is required")
+	}
+	if *name == "" {
+		*name = driverName(*csiAddress)
 	}
 	sock := filepath.Join(*regDir, *name+"-reg.sock")
 	if err := os.MkdirAll(*regDir, 0o750); err != nil {
@@ -60,6 +74,9 @@ func main() {
 	if err != nil {
 		log.Fatalf("registrar: %v", err)
 	}
+	if *httpEndpoint != "" {
+		go serveHealth(*httpEndpoint, sock)
+	}
 	srv := grpc.NewServer()
 	regapi.RegisterRegistrationServer(srv, &server{name: *name, endpoint: *endpoint})
 	sig := make(chan os.Signal, 1)
@@ -70,4 +87,41 @@ func main() {
 		log.Printf("registrar: serve: %v", err)
 	}
 	os.Remove(sock)
+}
+
+// driverName asks the driver at addr (unix socket path or unix:// URL) for
+// its name, retrying until it answers (it may start after this process).
+func driverName(addr string) string {
+	if addr == "" {
+		log.Fatal("registrar: --csi-address or --driver-name is required")
+	}
+	target := "unix://" + strings.TrimPrefix(addr, "unix://")
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatalf("registrar: %v", err)
+	}
+	defer conn.Close()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		info, err := csi.NewIdentityClient(conn).GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
+		cancel()
+		if err == nil {
+			return info.GetName()
+		}
+		log.Printf("registrar: asking %s for the driver name: %v; retrying", addr, err)
+		time.Sleep(2 * time.Second)
+	}
+}
+
+// serveHealth answers /healthz: 200 while the registration socket exists.
+func serveHealth(addr, sock string) {
+	http.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if _, err := os.Stat(sock); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	log.Printf("registrar: /healthz on %s", addr)
+	log.Print(http.ListenAndServe(addr, nil))
 }
