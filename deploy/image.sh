@@ -6,6 +6,7 @@
 # `docker build` would on golang:1.26-bookworm and debian:12-slim.
 #
 #   deploy/image.sh OUT.tar [TAG]     OCI archive of TAG (default localhost/basalt-csi:dev)
+#   deploy/image.sh scratch OUT.tar NAME ENTRYPOINT-JSON FILES...   (below)
 #
 # The bases are cached by what they are made of (Debian suite and sources,
 # the Go version), in $BASALT_IMAGE_CACHE (default ~/.cache/basalt-images).
@@ -27,17 +28,18 @@ log() { echo "image: $*" >&2; }
 # the host's /var/lib/containers.
 store=(--root "$cache/storage" --runroot "$cache/run" --storage-driver vfs)
 
-# oci_archive ROOTFS.tar NAME OUT.tar: one uncompressed layer, as an OCI
-# image layout in a tar (what buildah reads as oci-archive:).
+# oci_archive ROOTFS.tar NAME OUT.tar [ENTRYPOINT-JSON]: one uncompressed
+# layer, as an OCI image layout in a tar (what buildah reads as
+# oci-archive:, and `ctr images import` imports).
 oci_archive() {
-  local rootfs=$1 name=$2 dest=$3 d
+  local rootfs=$1 name=$2 dest=$3 entry=${4:-} d
   d=$(mktemp -d)
   mkdir -p "$d/blobs/sha256"
   local layer; layer=$(sha256sum "$rootfs" | cut -d' ' -f1)
   cp "$rootfs" "$d/blobs/sha256/$layer"
   local size; size=$(stat -c %s "$rootfs")
-  printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$layer" >"$d/config.json"
+  printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "${entry:+,\"Entrypoint\":$entry}" "$layer" >"$d/config.json"
   local cfg; cfg=$(sha256sum "$d/config.json" | cut -d' ' -f1)
   mv "$d/config.json" "$d/blobs/sha256/$cfg"
   printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
@@ -52,6 +54,29 @@ oci_archive() {
   mv "$dest.tmp" "$dest"
   rm -rf "$d"
 }
+
+# deploy/image.sh scratch OUT.tar NAME ENTRYPOINT-JSON SRC:DEST|tree:DIR...
+# makes an image of just those files (static binaries: the sidecars the
+# Kubernetes e2e builds from their Go modules, a pause process, busybox).
+if [ "$out" = scratch ]; then
+  shift
+  dest=$1 name=$2 entry=$3
+  shift 3
+  d=$(mktemp -d)
+  mkdir "$d/root"
+  for spec in "$@"; do
+    if [[ $spec == tree:* ]]; then
+      cp -a "${spec#tree:}/." "$d/root/"
+    else
+      mkdir -p "$d/root/$(dirname "${spec#*:}")"
+      cp -L "${spec%%:*}" "$d/root/${spec#*:}"
+    fi
+  done
+  tar -C "$d/root" --owner=0 --group=0 -cf "$d/layer.tar" .
+  oci_archive "$d/layer.tar" "$name" "$dest" "$entry"
+  rm -rf "$d"
+  exit 0
+fi
 
 # Debian 12 minbase, the runtime base (debian:12-slim's role).
 key=$( (cat "$sources"; echo slim-1) | sha256sum | cut -c1-12)

@@ -20,9 +20,10 @@ import (
 // image as the file DIR/IMAGE, and `losetup`, which turns that file into a
 // real block device. It needs neither the rbd nor the nbd kernel module.
 //
-// rbd-fuse is a userspace daemon: if it dies (with the old plugin's
-// container, say) the file and the loop device above it stop working. Check
-// reports that, and the node plugin then re-maps and re-mounts in place.
+// rbd-fuse is a userspace daemon: it is moved out of the plugin's cgroup so
+// that it outlives the plugin's container (Outlive). If it dies all the
+// same, the file and the loop device above it stop working; Check reports
+// that, and the node plugin then re-maps and re-mounts in place.
 type FUSE struct {
 	r       Runner
 	baseDir string // mount points: baseDir/<pool>/<image>
@@ -89,6 +90,9 @@ func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) error {
 	}
 	if err := f.startRBDFuse(ctx, s, dir); err != nil {
 		return err
+	}
+	for _, pid := range daemonsFor(dir) {
+		_ = Outlive(pid) // best effort: see Outlive
 	}
 	// rbd-fuse returns once mounted; give the kernel a moment to show the file.
 	deadline := time.Now().Add(10 * time.Second)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -132,6 +133,11 @@ func (n *NBD) Map(ctx context.Context, s Spec) (Mapping, error) {
 	dev := rbdCLIDevice(out, "/dev/nbd")
 	if dev == "" {
 		return Mapping{}, fmt.Errorf("rbd-nbd map %s/%s printed no /dev/nbdN device: %s", s.Pool, s.Image, strings.TrimSpace(string(out)))
+	}
+	if pid, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/pid"); err == nil {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+			_ = Outlive(p) // best effort: see Outlive
+		}
 	}
 	return Mapping{Mapper: n.Name(), Device: dev}, nil
 }

@@ -3,7 +3,7 @@
 # needs: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer,
 # snapshot-controller (with the snapshot CRDs), containerd (with its runc
-# shim and ctr), and this repository's fakecri, registrar and livenessprobe.
+# shim and ctr), and this repository's registrar and livenessprobe.
 #
 # Cache: ${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}/<key>/bin, where <key>
 # encodes every pinned version plus a hash of the tools module
@@ -30,7 +30,7 @@ CTRD_MOD=github.com/containerd/containerd/v2
 CTRD_VERSION=v2.4.2           # Kubernetes >= 1.36 needs containerd 2.x; Debian 12 has 1.6
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
 	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller csi-resizer
-	containerd containerd-shim-runc-v2 ctr fakecri registrar livenessprobe)
+	containerd containerd-shim-runc-v2 ctr registrar livenessprobe)
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS_DIR=$SCRIPT_DIR/tools
@@ -148,7 +148,7 @@ step kubernetes build_tools_module "$WORK/bin/" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
 step etcd build_tools_module "$WORK/bin/etcd" go.etcd.io/etcd/server/v3
-step tools build_tools_module "$WORK/bin/" ./fakecri ./registrar ./livenessprobe
+step tools build_tools_module "$WORK/bin/" ./registrar ./livenessprobe
 step containerd env -C "$WORK" GOBIN="$WORK/bin" "$GO" install \
 	"$CTRD_MOD/cmd/containerd@$CTRD_VERSION" "$CTRD_MOD/cmd/containerd-shim-runc-v2@$CTRD_VERSION" "$CTRD_MOD/cmd/ctr@$CTRD_VERSION"
 step csi-provisioner build_sidecar "$PROV_MOD" "$PROV_VERSION" ./cmd/csi-provisioner csi-provisioner

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # A real Kubernetes on 127.0.0.1 for Basalt's end-to-end test: etcd,
-# kube-apiserver, kube-controller-manager, kube-scheduler, a kubelet on a
-# fake container runtime (containers are not real, but everything the kubelet
-# does for volumes is), and Basalt itself: basalt-csi controller with the real
-# csi-provisioner and csi-attacher, basalt-csi node with a small registrar.
+# kube-apiserver, kube-controller-manager, kube-scheduler, a kubelet on
+# containerd + runc (real containers), and Basalt deployed as users deploy
+# it: deploy/kubernetes applied with kustomize, its controller Deployment
+# and node DaemonSet running as pods of the images `make image` and
+# images.sh-style scratch images of the sidecars built from their modules.
+#
+# Run it in a private mount namespace (the Makefile's e2e target does): the
+# kubelet's and containerd's mounts then vanish with it.
 #
 #   cluster.sh start   (needs BIN=<tools dir> from build-tools.sh, and CEPH_CONF,
 #                       CEPH_KEYRING of a running Ceph cluster with pools volumes-a,
@@ -92,6 +96,186 @@ current-context: e2e
 KC
 }
 
+# backends CEPH_CONF KEYRING_DIR: Basalt's configuration of the two backends.
+# Over-subscription 10: room for every volume the tests make, while the few
+# MiB of data earlier tests leave in one pool do not outweigh a 2 GiB
+# placement (at 100 they did, and the ten-PVC burst went 7:3).
+backends() {
+  local b
+  echo "backends:"
+  for b in a-one:volumes-a a-two:volumes-b; do
+    cat <<YAML
+  - name: ${b%%:*}
+    cephConf: $1
+    user: basalt-controller
+    keyring: $2/ceph.client.basalt-controller.keyring
+    nodeUser: basalt-node
+    nodeKeyring: $2/ceph.client.basalt-node.keyring
+    pool: ${b#*:}
+    zone: $ZONE
+    maxOverSubscriptionRatio: 10
+YAML
+  done
+  echo "statsIntervalSeconds: 5"
+}
+
+# images: every image the cluster runs, as OCI archives in $E2E/images:
+# Basalt's (`make image`), each sidecar deploy/kubernetes names (a scratch
+# image of the binary build-tools.sh built from the pinned module, whose
+# version must be the manifest's tag), a pause image and busybox.
+images() {
+  local d=$E2E/images ref name tag bin have
+  mkdir -p "$d"
+  [ -f "$ROOT/_output/images/basalt-csi.tar" ] || "$ROOT/deploy/image.sh" "$ROOT/_output/images/basalt-csi.tar"
+  cp "$ROOT/_output/images/basalt-csi.tar" "$d/basalt-csi.tar"
+  for ref in $(kc kustomize "$ROOT/deploy/kubernetes" | sed -n 's/^ *image: *\(registry\.k8s\.io\/[^ ]*\)$/\1/p' | sort -u); do
+    name=${ref##*/} && name=${name%%:*} && tag=${ref##*:}
+    case $name in
+    # Stand-ins: no version of these modules is served by the module proxy.
+    csi-node-driver-registrar) bin=registrar ;;
+    livenessprobe) bin=livenessprobe ;;
+    *)
+      bin=$name
+      have=$("$BIN/$bin" --version 2>&1 | awk '{print $NF}')
+      [ "$have" = "$tag" ] || { log "deploy/kubernetes pins $ref, but build-tools.sh builds $bin $have"; return 1; }
+      ;;
+    esac
+    "$ROOT/deploy/image.sh" scratch "$d/$name.tar" "localhost/$name:$tag" "[\"/$bin\"]" "$BIN/$bin:/$bin"
+  done
+  "$ROOT/deploy/image.sh" scratch "$d/pause.tar" localhost/pause:e2e '["/catatonit","-P"]' /usr/bin/catatonit:/catatonit
+  rm -rf "$E2E/busybox" && mkdir -p "$E2E/busybox/bin"
+  cp /bin/busybox "$E2E/busybox/bin/"
+  for name in $(/bin/busybox --list); do [ "$name" = busybox ] || ln -s busybox "$E2E/busybox/bin/$name"; done
+  "$ROOT/deploy/image.sh" scratch "$d/busybox.tar" docker.io/library/busybox:1.36 '' "tree:$E2E/busybox"
+}
+
+# containerd_start: containerd with private root, state, sockets and CNI
+# configuration; runc with cgroupfs; every image imported.
+containerd_start() {
+  local c=$E2E/containerd img
+  mkdir -p "$c" "$E2E/cni/conf" "$E2E/cni/ipam"
+  "$BIN/containerd" config default | sed \
+    -e "s|^root = .*|root = '$c/root'|" -e "s|^state = .*|state = '$c/state'|" \
+    -e "s|/run/containerd/containerd.sock|$c/containerd.sock|" \
+    -e "s|sandbox = '.*'|sandbox = 'localhost/pause:e2e'|" \
+    -e "s|restrict_oom_score_adj = false|restrict_oom_score_adj = true|" \
+    -e "s|netns_mounts_under_state_dir = false|netns_mounts_under_state_dir = true|" \
+    -e "s|bin_dirs = \['/opt/cni/bin'\]|bin_dirs = ['/usr/lib/cni']|" \
+    -e "s|conf_dir = '/etc/cni/net.d'|conf_dir = '$E2E/cni/conf'|" \
+    -e "s|^            Root = ''|            Root = '$c/runc'|" \
+    -e "/\[plugins.'io.containerd.nri.v1.nri'\]/{n;s/disable = false/disable = true/}" >"$c/config.toml"
+  # A bridge without a gateway or masquerading: pods get a network namespace
+  # and an address, and no iptables rule is written. Basalt's pods use the
+  # host's network (they reach Ceph on 127.0.0.1).
+  cat >"$E2E/cni/conf/10-basalt-e2e.conflist" <<JSON
+{"cniVersion": "1.0.0", "name": "basalt-e2e", "plugins": [
+  {"type": "bridge", "bridge": "basalt-e2e0", "isGateway": false, "ipMasq": false,
+   "ipam": {"type": "host-local", "dataDir": "$E2E/cni/ipam", "ranges": [[{"subnet": "10.244.77.0/24"}]]}},
+  {"type": "loopback"}]}
+JSON
+  start_bg containerd env PATH="$BIN:$PATH" "$BIN/containerd" --config "$c/config.toml"
+  wait_for "containerd socket" 30 test -S "$c/containerd.sock"
+  for img in "$E2E"/images/*.tar; do
+    "$BIN/ctr" -a "$c/containerd.sock" -n k8s.io images import "$img" >/dev/null 2>>"$E2E/logs/ctr-import.log"
+  done
+}
+
+# deploy_basalt: deploy/kubernetes through an overlay that changes only what
+# this machine needs: the images (the local ones), the configuration (this
+# cluster's Ceph and keys), one controller replica on the host network (Ceph
+# listens on 127.0.0.1; one node), the API server and probes on 127.0.0.1,
+# and the kubelet directory (and the node plugin's state directory) moved to
+# this test's private ones.
+deploy_basalt() {
+  local o=$E2E/deploy ref name
+  mkdir -p "$o"
+  backends /etc/ceph/ceph.conf /etc/ceph-keyring | sed 's/^/    /' >"$o/config.indented"
+  {
+    echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+    echo "kind: Kustomization"
+    echo "resources: [$(realpath --relative-to="$o" "$ROOT/deploy/kubernetes")]"
+    echo "images:"
+    echo "  - {name: registry.example.com/basalt/basalt-csi, newName: localhost/basalt-csi, newTag: dev}"
+    for ref in $(kc kustomize "$ROOT/deploy/kubernetes" | sed -n 's/^ *image: *\(registry\.k8s\.io\/[^ :]*\).*$/\1/p' | sort -u); do
+      name=${ref##*/}
+      echo "  - {name: $ref, newName: localhost/$name}"
+    done
+    echo "patches: [{path: config.yaml}, {path: e2e.yaml}]"
+  } >"$o/kustomization.yaml"
+  {
+    cat <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: basalt-config, namespace: $NS}
+data:
+  config.yaml: |
+YAML
+    cat "$o/config.indented"
+    cat <<YAML
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: basalt-ceph-conf, namespace: $NS}
+data:
+  ceph.conf: |
+    [global]
+    fsid = $(sed -n 's/^[[:space:]]*fsid[[:space:]]*=[[:space:]]*//p' "$CEPH_CONF" | head -1)
+    mon_host = $(sed -n 's/^[[:space:]]*mon[_ ]host[[:space:]]*=[[:space:]]*//p' "$CEPH_CONF" | head -1)
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: basalt-ceph-keyring, namespace: $NS}
+stringData:
+  ceph.client.basalt-controller.keyring: |
+$(sed 's/^/    /' "$E2E/users/ceph.client.basalt-controller.keyring")
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: basalt-ceph-node-keyring, namespace: $NS}
+stringData:
+  ceph.client.basalt-node.keyring: |
+$(sed 's/^/    /' "$E2E/users/ceph.client.basalt-node.keyring")
+YAML
+  } >"$o/config.yaml"
+  # In-cluster API access goes to 127.0.0.1:6443 (there is no kube-proxy to
+  # make the kubernetes Service's address work), and probes to 127.0.0.1
+  # (hostNetwork pods; the node's own address is not loopback here).
+  local apienv="env: [{name: KUBERNETES_SERVICE_HOST, value: 127.0.0.1}, {name: KUBERNETES_SERVICE_PORT, value: \"6443\"}]"
+  {
+    cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: basalt-controller, namespace: $NS}
+spec:
+  replicas: 1
+  template:
+    spec:
+      hostNetwork: true
+      dnsPolicy: ClusterFirstWithHostNet
+      containers:
+YAML
+    for name in basalt-csi csi-provisioner csi-attacher csi-snapshotter csi-resizer liveness-probe; do
+      echo "        - {name: $name, $apienv}"
+    done
+    cat <<YAML
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: basalt-node, namespace: $NS}
+spec:
+  template:
+    spec:
+      containers:
+YAML
+    for name in basalt-csi node-driver-registrar liveness-probe; do
+      echo "        - {name: $name, $apienv}"
+    done
+  } >"$o/e2e.yaml"
+  kc kustomize "$o" | sed -e "s|/var/lib/kubelet|$KUBELET_ROOT|g" -e "s|/var/lib/basalt|$E2E/node-state|g" \
+    -e 's/^\( *\)httpGet:$/&\n\1  host: 127.0.0.1/' >"$o/rendered.yaml"
+  kc apply -f "$o/rendered.yaml" >"$E2E/logs/apply.log"
+}
+
 cmd_start() {
   : "${BIN:?BIN must point at the tools built by build-tools.sh}"
   : "${CEPH_CONF:?}" "${CEPH_KEYRING:?}"
@@ -126,9 +310,17 @@ cmd_start() {
   start_bg kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$E2E/admin.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false
 
-  log "fake container runtime, kubelet"
-  start_bg fakecri "$BIN/fakecri" --listen "$E2E/cri.sock"
-  wait_for "fake CRI socket" 30 test -S "$E2E/cri.sock"
+  log "images (OCI archives, no registry)"
+  images
+  log "containerd (runc), CNI bridge"
+  containerd_start
+  log "kubelet (CRI: containerd)"
+  # Bidirectional mount propagation needs the kubelet directory (and the
+  # node plugin's state directory, also mounted Bidirectional) to be shared
+  # mounts; the kubelet also insists on writing /var/log/containers.
+  mkdir -p "$E2E/node-state" "$E2E/var-log-containers" /var/log/containers
+  for d in "$KUBELET_ROOT" "$E2E/node-state"; do mount --bind "$d" "$d" && mount --make-rshared "$d"; done
+  mount --bind "$E2E/var-log-containers" /var/log/containers
   cat >"$E2E/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -145,7 +337,8 @@ failSwapOn: false
 authentication: {anonymous: {enabled: true}, webhook: {enabled: false}}
 authorization: {mode: AlwaysAllow}
 resolvConf: ""
-containerRuntimeEndpoint: unix://$E2E/cri.sock
+containerRuntimeEndpoint: unix://$E2E/containerd/containerd.sock
+makeIPTablesUtilChains: false
 podLogsDir: $E2E/pod-logs
 syncFrequency: 5s
 fileCheckFrequency: 5s
@@ -169,68 +362,19 @@ YAML
   start_bg snapshot-controller "$BIN/snapshot-controller" --kubeconfig "$E2E/admin.kubeconfig" \
     --feature-gates=CSIVolumeGroupSnapshot=true --leader-election=false --retry-interval-max=5s --v=3
 
-  log "deploy/kubernetes (namespace, RBAC, CSIDriver, config) with kubectl apply -k"
-  # Without the node DaemonSet: its containers would not be real here (the
-  # node plugin runs on this host, below), and the kubelet would create its
-  # hostPath directories on this host.
-  kc apply -k "$ROOT/deploy/kubernetes" -l 'app.kubernetes.io/name!=basalt-node' >"$E2E/logs/apply.log"
-  # The sidecars run on this host with the controller ServiceAccount's own
-  # token, so the RBAC rules of deploy/kubernetes are what they get.
-  wait_for "basalt-controller service account" 30 kc -n $NS get serviceaccount basalt-controller
-  kubeconfig "$E2E/controller.kubeconfig" "$(kc -n $NS create token basalt-controller --duration 4h)"
-
-  log "basalt-csi controller, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer"
   # The controller and the node plugin run as the two cephx users the README
   # tells operators to make.
   CEPH_ARGS="-c $CEPH_CONF --keyring $CEPH_KEYRING" "$ROOT/deploy/ceph-users.sh" "$E2E/users" \
     volumes-a volumes-b images:ro >"$E2E/logs/ceph-users.log"
-  local users="user: basalt-controller
-    keyring: $E2E/users/ceph.client.basalt-controller.keyring
-    nodeUser: basalt-node
-    nodeKeyring: $E2E/users/ceph.client.basalt-node.keyring"
-  cat >"$E2E/basalt.yaml" <<YAML
-backends:
-  - name: a-one
-    cephConf: $CEPH_CONF
-    $users
-    pool: volumes-a
-    zone: $ZONE
-    maxOverSubscriptionRatio: 100
-  - name: a-two
-    cephConf: $CEPH_CONF
-    $users
-    pool: volumes-b
-    zone: $ZONE
-    maxOverSubscriptionRatio: 100
-statsIntervalSeconds: 5
-YAML
-  start_bg basalt-controller "$ROOT/bin/basalt-csi" --mode=controller --config "$E2E/basalt.yaml" \
-    --endpoint "unix://$E2E/controller.sock"
-  wait_for "controller socket" 30 test -S "$E2E/controller.sock"
-  start_bg csi-provisioner env NAMESPACE=$NS POD_NAME=basalt-controller-e2e NODE_NAME=$NODE \
-    "$BIN/csi-provisioner" --kubeconfig "$E2E/controller.kubeconfig" --csi-address "$E2E/controller.sock" \
-    --feature-gates=Topology=true --enable-capacity --capacity-ownerref-level=-1 --capacity-poll-interval=5s \
-    --extra-create-metadata --strict-topology --leader-election=false --timeout=120s --v=3
-  start_bg csi-attacher "$BIN/csi-attacher" --kubeconfig "$E2E/controller.kubeconfig" \
-    --csi-address "$E2E/controller.sock" --leader-election=false --timeout=120s --v=3
-  start_bg csi-snapshotter "$BIN/csi-snapshotter" --kubeconfig "$E2E/controller.kubeconfig" \
-    --csi-address "$E2E/controller.sock" --leader-election=false --timeout=120s \
-    --feature-gates=CSIVolumeGroupSnapshot=true --extra-create-metadata --retry-interval-max=5s --v=3
-  start_bg csi-resizer "$BIN/csi-resizer" --kubeconfig "$E2E/controller.kubeconfig" \
-    --csi-address "$E2E/controller.sock" --leader-election=false --timeout=120s --retry-interval-max=5s --v=3
+  # The same configuration, with this host's paths, for basalt-csi's
+  # command-line tools the tests run here (attachments, snapshots, check).
+  backends "$CEPH_CONF" "$E2E/users" >"$E2E/basalt.yaml"
 
-  log "basalt-csi node (fuse mapper), registrar"
-  # With the basalt-node ServiceAccount's own token: its RBAC (get nodes)
-  # is what lets it read its zone label.
-  kubeconfig "$E2E/node.kubeconfig" "$(kc -n $NS create token basalt-node --duration 4h)"
-  start_bg basalt-node "$ROOT/bin/basalt-csi" --mode=node --config "$E2E/basalt.yaml" \
-    --endpoint "unix://$PLUGIN_DIR/csi.sock" --node-id "$NODE" --mapper fuse \
-    --zone-from-node-label topology.kubernetes.io/zone --kubeconfig "$E2E/node.kubeconfig" \
-    --state-dir "$E2E/node-state" --max-volumes-per-node 32
-  wait_for "node plugin socket" 60 test -S "$PLUGIN_DIR/csi.sock"
-  start_bg registrar "$BIN/registrar" --driver-name "$DRIVER" \
-    --kubelet-registration-path "$PLUGIN_DIR/csi.sock" --plugin-registration-dir "$KUBELET_ROOT/plugins_registry"
-  wait_for "CSINode with $DRIVER" 60 sh -c "'$BIN/kubectl' --kubeconfig '$E2E/admin.kubeconfig' get csinode $NODE -o jsonpath='{.spec.drivers[*].name}' | grep -q $DRIVER"
+  log "deploy/kubernetes as shipped (kustomize), on this cluster's Ceph and images"
+  deploy_basalt
+  kc -n $NS wait --for condition=available --timeout=170s deployment/basalt-controller >/dev/null ||
+    { log "the controller Deployment is not available; see $E2E/pod-logs"; return 1; }
+  wait_for "CSINode with $DRIVER" 180 sh -c "'$BIN/kubectl' --kubeconfig '$E2E/admin.kubeconfig' get csinode $NODE -o jsonpath='{.spec.drivers[*].name}' | grep -q $DRIVER"
   log "ready: KUBECONFIG=$E2E/admin.kubeconfig"
   echo "KUBECONFIG=$E2E/admin.kubeconfig"
   echo "KUBELET_ROOT=$KUBELET_ROOT"
@@ -240,27 +384,47 @@ YAML
 
 cmd_stop() {
   [ -d "$E2E/pids" ] || return 0
-  local order=(registrar basalt-node csi-resizer csi-snapshotter csi-attacher csi-provisioner basalt-controller snapshot-controller kubelet fakecri kube-scheduler kube-controller-manager kube-apiserver etcd)
-  local name pid
-  for name in "${order[@]}"; do
-    [ -f "$E2E/pids/$name" ] || continue
-    pid=$(cat "$E2E/pids/$name")
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$E2E/pids/$name"
-  done
+  local name pid c=$E2E/containerd
+  for name in snapshot-controller kubelet; do stop_pid "$name"; done
+  # Every container of our containerd (the node plugin's rbd-fuse daemons
+  # with it), then containerd, then the control plane.
+  if [ -S "$c/containerd.sock" ]; then
+    local ctr=("$BIN/ctr" -a "$c/containerd.sock" -n k8s.io)
+    for name in $(timeout 20 "${ctr[@]}" tasks ls -q 2>/dev/null); do
+      timeout 20 "${ctr[@]}" tasks kill -a -s SIGKILL "$name" >/dev/null 2>&1 || true
+    done
+    for name in $(timeout 20 "${ctr[@]}" tasks ls -q 2>/dev/null); do
+      timeout 20 "${ctr[@]}" tasks delete -f "$name" >/dev/null 2>&1 || true
+    done
+    for name in $(timeout 20 "${ctr[@]}" containers ls -q 2>/dev/null); do
+      timeout 20 "${ctr[@]}" containers delete "$name" >/dev/null 2>&1 || true
+    done
+  fi
+  for name in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$name"; done
   # What a failed run may leave: rbd-fuse daemons of the node plugin (ended
   # by PID, found by their mount point under our state directory), the
-  # kubelet's volume mounts, loop devices on our FUSE files.
+  # kubelet's, containerd's and our own mounts, loop devices on our FUSE
+  # files, the CNI bridge.
   for pid in $(pgrep -x rbd-fuse || true); do
     if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$E2E/node-state/"; then kill -9 "$pid" 2>/dev/null || true; fi
   done
   { grep -F " $E2E/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  if findmnt -n -o FSROOT /var/log/containers 2>/dev/null | grep -qF var-log-containers; then umount -l /var/log/containers || true; fi
   { timeout 20 losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null || true; } | awk -v d="$E2E/node-state" 'index($2, d) {print $1}' |
     while read -r dev; do timeout 20 losetup -d "$dev" 2>/dev/null || true; done
+  ip link del basalt-e2e0 2>/dev/null || true
+}
+
+stop_pid() { # stop_pid NAME: TERM, then KILL, the process we started as NAME
+  local pid
+  [ -f "$E2E/pids/$1" ] || return 0
+  pid=$(cat "$E2E/pids/$1")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$E2E/pids/$1"
 }
 
 case "${1:-}" in

@@ -1,7 +1,8 @@
 // Package kubernetes is Basalt's end-to-end test on a real Kubernetes
-// control plane and kubelet (fake container runtime) built from Go modules,
-// with real Ceph and basalt-csi: PVCs from a golden image through the real
-// csi-provisioner and csi-attacher, staged and published by the kubelet.
+// control plane, kubelet and containerd built from Go modules, with real
+// Ceph and Basalt deployed from deploy/kubernetes as pods: PVCs from a
+// golden image through the real csi-provisioner and csi-attacher, staged and
+// published by the kubelet, used by real workload containers.
 package kubernetes
 
 import (
@@ -83,7 +84,7 @@ func run(m *testing.M) int {
 	}
 	k8s := filepath.Join(repoRoot, "test/e2e/kubernetes/cluster.sh")
 	out, err = sh(ctx, []string{"BIN=" + env["BIN"], "CEPH_CONF=" + env["CEPH_CONF"], "CEPH_KEYRING=" + env["CEPH_KEYRING"]}, k8s, "start")
-	defer func() { _, _ = sh(context.Background(), nil, k8s, "stop") }()
+	defer func() { _, _ = sh(context.Background(), []string{"BIN=" + env["BIN"]}, k8s, "stop") }()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err, "\nlogs in _output/e2e/logs")
 		return 1
@@ -219,6 +220,23 @@ func waitPodRunning(t *testing.T, pod string) {
 	})
 }
 
+// releaseClaim deletes a pod and its claim, and waits until the claim's
+// RBD image (by name, in whichever pool) is gone.
+func releaseClaim(t *testing.T, pod, claim, image string) {
+	t.Helper()
+	kubectl(t, "delete", "pod", pod, "--wait=false")
+	waitPodGone(t, pod)
+	kubectl(t, "delete", "pvc", claim)
+	eventually(t, "image "+image+" deleted", 3*time.Minute, func() string {
+		for _, img := range basaltImages(t) {
+			if strings.HasSuffix(img, "/"+image) {
+				return "still there: " + img
+			}
+		}
+		return ""
+	})
+}
+
 func waitPodGone(t *testing.T, pod string) {
 	eventually(t, "pod "+pod+" deleted", 3*time.Minute, func() string {
 		if out := kubectl(t, "get", "pods", "--ignore-not-found", "-o", "name"); strings.Contains(out, "pod/"+pod+"\n") {
@@ -343,11 +361,12 @@ spec:
 		t.Fatalf("attachment records left: %s", out)
 	}
 	// Basalt's mounts: staging and publish paths of CSI volumes, and the
-	// node plugin's FUSE mounts. (The kubelet's own root mount and the
-	// secret volumes of the deployed controller's fake pods are not ours.)
+	// node plugin's FUSE mounts under its state directory. (The kubelet's
+	// own root mount, the shared bind mount of the state directory itself
+	// and the deployed pods' secret volumes are not the volume's.)
 	var left []string
 	for _, m := range mountedUnder(env["E2E"] + "/") {
-		if strings.Contains(m, "kubernetes.io~csi") || strings.Contains(m, "/plugins/kubernetes.io/csi/") || strings.HasPrefix(m, env["NODE_STATE"]) {
+		if strings.Contains(m, "kubernetes.io~csi") || strings.Contains(m, "/plugins/kubernetes.io/csi/") || strings.HasPrefix(m, env["NODE_STATE"]+"/") {
 			left = append(left, m)
 		}
 	}

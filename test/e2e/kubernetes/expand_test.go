@@ -86,17 +86,7 @@ spec:
 		return ""
 	})
 
-	kubectl(t, "delete", "pod", "grow-app", "--wait=false")
-	waitPodGone(t, "grow-app")
-	kubectl(t, "delete", "pvc", "grow-data")
-	eventually(t, "image of the grown volume deleted", 3*time.Minute, func() string {
-		for _, img := range basaltImages(t) {
-			if img == image {
-				return "still there"
-			}
-		}
-		return ""
-	})
+	releaseClaim(t, "grow-app", "grow-data", image[strings.IndexByte(image, '/')+1:])
 	kubectl(t, "delete", "storageclass", "basalt-xfs")
 	kubectl(t, "delete", "volumeattributesclass", "basalt-qos-slow", "basalt-qos-fast")
 }

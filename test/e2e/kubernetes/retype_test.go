@@ -118,16 +118,6 @@ spec:
 		return ""
 	})
 
-	kubectl(t, "delete", "pod", "retype-app-3", "--wait=false")
-	waitPodGone(t, "retype-app-3")
-	kubectl(t, "delete", "pvc", "retype-data")
-	eventually(t, "image of the moved volume deleted", 3*time.Minute, func() string {
-		for _, img := range basaltImages(t) {
-			if strings.HasSuffix(img, "/"+name) {
-				return "still there: " + img
-			}
-		}
-		return ""
-	})
+	releaseClaim(t, "retype-app-3", "retype-data", name)
 	kubectl(t, "delete", "volumeattributesclass", "basalt-on-a-one", "basalt-on-a-two")
 }
