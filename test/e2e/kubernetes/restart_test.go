@@ -41,8 +41,12 @@ spec:
 `, "apply", "-f", "-")
 	kubectlIn(t, podYAML("restart-app", "restart-data"), "apply", "-f", "-")
 	waitPodRunning(t, "restart-app")
-	if out, err := inPod(t, "restart-app", "echo before > /data/restart.txt && sync && cat /data/golden.txt"); err != nil || !strings.Contains(out, goldenText) {
-		t.Fatalf("the workload cannot use its volume: %q %v", out, err)
+	// Direct I/O, so that the page cache cannot answer for a dead device.
+	const write = "dd if=/dev/urandom of=/data/%s bs=64k count=16 oflag=direct conv=fsync 2>/dev/null && md5sum /data/%s | cut -d' ' -f1"
+	const read = "dd if=/data/%s bs=64k iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1"
+	before, err := inPod(t, "restart-app", fmt.Sprintf(write, "before", "before"))
+	if err != nil || len(strings.TrimSpace(before)) != 32 {
+		t.Fatalf("the workload cannot write to its volume: %q %v", before, err)
 	}
 
 	old := strings.TrimSpace(kubectl(t, "-n", "basalt-system", "get", "pods", "-l", "app.kubernetes.io/name=basalt-node", "-o", "jsonpath={.items[0].metadata.name}"))
@@ -60,9 +64,11 @@ spec:
 		return ""
 	})
 	// The same mount in the workload's container, read and written.
-	out, err := inPod(t, "restart-app", "cat /data/restart.txt && echo after >> /data/restart.txt && sync && cat /data/restart.txt")
-	if err != nil || out != "before\nbefore\nafter\n" {
-		t.Fatalf("after the node plugin restarted, the workload's volume answers %q (%v)", out, err)
+	if got, err := inPod(t, "restart-app", fmt.Sprintf(read, "before")); err != nil || got != before {
+		t.Fatalf("after the node plugin restarted, the workload reads %q (%v), want %q", got, err, before)
+	}
+	if out, err := inPod(t, "restart-app", fmt.Sprintf(write, "after", "after")); err != nil || len(strings.TrimSpace(out)) != 32 {
+		t.Fatalf("after the node plugin restarted, the workload cannot write: %q %v", out, err)
 	}
 
 	kubectl(t, "delete", "pod", "restart-app", "--wait=false")
