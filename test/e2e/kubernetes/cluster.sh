@@ -414,6 +414,27 @@ cmd_stop() {
   { timeout 20 losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null || true; } | awk -v d="$E2E/node-state" 'index($2, d) {print $1}' |
     while read -r dev; do timeout 20 losetup -d "$dev" 2>/dev/null || true; done
   ip link del basalt-e2e0 2>/dev/null || true
+  # containerd's cgroups (its CRI parent, /k8s.io, in every hierarchy; only
+  # empty ones can go) and the kubelet's iptables chains: it always makes
+  # its canary and hint chains when iptables is installed (buildah pulls it
+  # in), and KUBE-FIREWALL with makeIPTablesUtilChains (off here).
+  local cg
+  for cg in /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/k8s.io; do
+    [ -d "$cg" ] || continue
+    find "$cg" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null || true
+    rmdir "$cg" 2>/dev/null || true
+  done
+  local ipt t chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    "$ipt" -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
+    "$ipt" -D OUTPUT -j KUBE-FIREWALL 2>/dev/null || true
+    for t in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$ipt" -t "$t" -F "$chain" 2>/dev/null && "$ipt" -t "$t" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
 }
 
 stop_pid() { # stop_pid NAME: TERM, then KILL, the process we started as NAME
