@@ -408,11 +408,13 @@ cmd_stop() {
   for pid in $(pgrep -x rbd-fuse || true); do
     if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$E2E/node-state/"; then kill -9 "$pid" 2>/dev/null || true; fi
   done
+  # Loop devices first: once their FUSE mount is lazily unmounted, their
+  # backing path no longer names our directory.
+  { timeout 20 losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null || true; } | awk -v d="$E2E/node-state" 'index($2, d) {print $1}' |
+    while read -r dev; do timeout 20 losetup -d "$dev" 2>/dev/null || true; done
   { grep -F " $E2E/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   if findmnt -n -o FSROOT /var/log/containers 2>/dev/null | grep -qF var-log-containers; then umount -l /var/log/containers || true; fi
   rmdir /var/log/containers 2>/dev/null || true # made for the bind above, if nothing else uses it
-  { timeout 20 losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null || true; } | awk -v d="$E2E/node-state" 'index($2, d) {print $1}' |
-    while read -r dev; do timeout 20 losetup -d "$dev" 2>/dev/null || true; done
   ip link del basalt-e2e0 2>/dev/null || true
   # containerd's cgroups (its CRI parent, /k8s.io, in every hierarchy; only
   # empty ones can go) and the kubelet's iptables chains: it always makes
