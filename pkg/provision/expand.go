@@ -30,9 +30,9 @@ func (p *Provisioner) Expand(ctx context.Context, volumeID string, required, lim
 	if err != nil {
 		return 0, err
 	}
-	_, _, cl, err := p.Lookup(ctx, volumeID) // no Ceph call: Stat just did it
+	cl, _, err := p.Backends.Get(bname) // Stat found the backend (and read the move record)
 	if err != nil {
-		return 0, err
+		return 0, errorf(Unavailable, err, "the backend of volume %s is down", volumeID)
 	}
 	reg, err := p.registry()
 	if err != nil {
