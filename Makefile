@@ -7,7 +7,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all deps build run csc test unit integration sanity walkthrough e2e lint clean bench bench-quick image
+.PHONY: all deps build run csc test unit integration sanity walkthrough e2e e2e-upstream lint clean bench bench-quick image
 
 all: build
 
@@ -54,13 +54,27 @@ walkthrough: build csc
 image: deps
 	deploy/image.sh _output/images/basalt-csi.tar
 
-# Real Kubernetes (built from Go modules, cached by version) + Ceph + Basalt.
-# In a private mount namespace: the mounts of the kubelet, containerd and
-# the node plugin's pods go with it.
+# Real Kubernetes (built from Go modules, cached by version) + Ceph + Basalt,
+# with a focused part of Kubernetes' own storage suite (TestUpstreamStorage).
+# In private mount and PID namespaces (catatonit is their init): the mounts
+# of the kubelet, containerd and the node plugin's pods go with them, and the
+# suite's host-exec pods, which enter PID 1's mount namespace, enter ours.
+IN_PRIVATE_NS := unshare --mount --propagation private --pid --fork --mount-proc catatonit --
+E2E_FILTER    := grep -E '^e2e|^(--- |PASS|FAIL|ok|panic)|^\s+\S+_test.go:[0-9]+: '
 e2e: build image
 	@mkdir -p _output
-	unshare --mount --propagation private $(GO) test -count=1 -timeout 80m -v ./test/e2e/kubernetes/ 2>&1 | tee _output/e2e.log \
-	  | grep -E '^e2e|^(--- |PASS|FAIL|ok|panic)|^\s+\S+_test.go:[0-9]+: ' ; exit $${PIPESTATUS[0]}
+	$(IN_PRIVATE_NS) $(GO) test -count=1 -timeout 80m -v ./test/e2e/kubernetes/ 2>&1 | tee _output/e2e.log \
+	  | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
+
+# All of Kubernetes' external storage suite that applies, on the same stack
+# brought up the same way: `make e2e-upstream [TESTDRIVER=file] [FOCUS=regex]
+# [SKIP=regex]` (test/e2e/testdriver.yaml by default; README, "Upstream
+# storage suite").
+e2e-upstream: build image
+	@mkdir -p _output
+	BASALT_UPSTREAM_ALL=1 TESTDRIVER="$(if $(TESTDRIVER),$(abspath $(TESTDRIVER)))" FOCUS="$(FOCUS)" SKIP="$(SKIP)" \
+	  $(IN_PRIVATE_NS) $(GO) test -count=1 -timeout 7h -v -run '^TestUpstreamStorage$$' ./test/e2e/kubernetes/ 2>&1 \
+	  | tee _output/e2e-upstream.log | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
 
 test: deps lint unit integration sanity walkthrough image e2e
 

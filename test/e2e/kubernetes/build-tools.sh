@@ -3,7 +3,10 @@
 # needs: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer,
 # snapshot-controller (with the snapshot CRDs), containerd (with its runc
-# shim and ctr), and this repository's registrar and livenessprobe.
+# shim, ctr and crictl), this repository's registrar and livenessprobe, and the
+# upstream storage suite: e2e.test (`go test -c` of k8s.io/kubernetes/test/e2e)
+# with the ginkgo runner of the same version (parallel runs) and agnhost,
+# the image its helper pods run.
 #
 # Cache: ${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}/<key>/bin, where <key>
 # encodes every pinned version plus a hash of the tools module
@@ -28,9 +31,11 @@ RSZ_MOD=github.com/kubernetes-csi/external-resizer/v2
 RSZ_VERSION=v2.2.0            # v2.2.1 is not served by this proxy
 CTRD_MOD=github.com/containerd/containerd/v2
 CTRD_VERSION=v2.4.2           # Kubernetes >= 1.36 needs containerd 2.x; Debian 12 has 1.6
+CRICTL_MOD=sigs.k8s.io/cri-tools
+CRICTL_VERSION=v1.37.0        # crictl: the CRI's view of the containers (v1.35.0 is not served)
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
 	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller csi-resizer
-	containerd containerd-shim-runc-v2 ctr registrar livenessprobe)
+	containerd containerd-shim-runc-v2 ctr crictl registrar livenessprobe e2e.test ginkgo agnhost)
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS_DIR=$SCRIPT_DIR/tools
@@ -43,7 +48,7 @@ tools_hash() {
 		LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
 }
 
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_snap-${SNAP_VERSION}_rsz-${RSZ_VERSION}_ctrd-${CTRD_VERSION}_tools-$(tools_hash)"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_snap-${SNAP_VERSION}_rsz-${RSZ_VERSION}_ctrd-${CTRD_VERSION}_crictl-${CRICTL_VERSION}_tools-$(tools_hash)"
 CACHE_ROOT=${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}
 mkdir -p "$CACHE_ROOT"
 CACHE_ROOT=$(cd "$CACHE_ROOT" && pwd)
@@ -93,6 +98,7 @@ unset GOFLAGS GOWORK GOOS GOARCH
 export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0
 GO=${GO:-go}
 BUILD=(nice -n 10 "$GO" build -p 2 -trimpath -buildvcs=false)
+TESTBUILD=(nice -n 10 "$GO" test -c -p 2 -trimpath -buildvcs=false)
 
 ver_flags() { # gitVersion for k8s.io/component-base and k8s.io/client-go
 	local v=$1 major minor pkg out=""
@@ -147,10 +153,14 @@ log "building $KEY into $BIN (cold Go build cache: ~14 min, ~2 GB RAM; warm: ~35
 step kubernetes build_tools_module "$WORK/bin/" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
+step e2e.test env -C "$TOOLS_DIR" "${TESTBUILD[@]}" -ldflags "-s -w$(ver_flags "$K8S_VERSION")" \
+	-o "$WORK/bin/e2e.test" k8s.io/kubernetes/test/e2e
+step agnhost build_tools_module "$WORK/bin/" k8s.io/kubernetes/test/images/agnhost github.com/onsi/ginkgo/v2/ginkgo
 step etcd build_tools_module "$WORK/bin/etcd" go.etcd.io/etcd/server/v3
 step tools build_tools_module "$WORK/bin/" ./registrar ./livenessprobe
 step containerd env -C "$WORK" GOBIN="$WORK/bin" "$GO" install \
 	"$CTRD_MOD/cmd/containerd@$CTRD_VERSION" "$CTRD_MOD/cmd/containerd-shim-runc-v2@$CTRD_VERSION" "$CTRD_MOD/cmd/ctr@$CTRD_VERSION"
+step crictl env -C "$WORK" GOBIN="$WORK/bin" "$GO" install "$CRICTL_MOD/cmd/crictl@$CRICTL_VERSION"
 step csi-provisioner build_sidecar "$PROV_MOD" "$PROV_VERSION" ./cmd/csi-provisioner csi-provisioner
 step csi-attacher build_sidecar "$ATT_MOD" "$ATT_VERSION" ./cmd/csi-attacher csi-attacher
 step csi-resizer build_sidecar "$RSZ_MOD" "$RSZ_VERSION" ./cmd/csi-resizer csi-resizer
@@ -177,7 +187,7 @@ mkdir -p "$CACHE_ROOT/$KEY"
 rm -rf "$BIN"
 mv "$WORK/bin" "$BIN"
 summary=""
-for k in kubernetes etcd tools containerd csi-provisioner csi-attacher csi-snapshotter snapshot-controller; do
+for k in kubernetes e2e.test agnhost etcd tools containerd crictl csi-provisioner csi-attacher csi-snapshotter snapshot-controller; do
 	summary+=" $k=${TIMES[$k]}s"
 done
 log "done in $((SECONDS - T0)) s:$summary"

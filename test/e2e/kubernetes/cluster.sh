@@ -23,7 +23,10 @@ NODE=${E2E_NODE:-e2e-node}
 ZONE=zone-a
 NS=basalt-system
 DRIVER=rbd.basalt.dev
-KUBELET_ROOT=$E2E/kubelet
+# The kubelet's and the node plugin's directories are where deploy/kubernetes
+# puts them; in this mount namespace they are binds of private ones in $E2E.
+KUBELET_ROOT=/var/lib/kubelet
+NODE_STATE=/var/lib/basalt
 PLUGIN_DIR=$KUBELET_ROOT/plugins/$DRIVER
 log() { echo "e2e-cluster: $*" >&2; }
 
@@ -119,6 +122,15 @@ YAML
   echo "statsIntervalSeconds: 5"
 }
 
+# The binds this test makes in its mount namespace: $E2E/NAME over PATH.
+BINDS=(kubelet:$KUBELET_ROOT node-state:$NODE_STATE var-log-containers:/var/log/containers hosts:/etc/hosts)
+# ours NAME:PATH: is PATH (still) our bind of $E2E/NAME?
+ours() {
+  local root
+  root=$(findmnt -n -o FSROOT --mountpoint "${1#*:}" 2>/dev/null | tail -n1) || return 1
+  [[ $root == */${E2E##*/}/${1%%:*} ]]
+}
+
 # images: every image the cluster runs, as OCI archives in $E2E/images:
 # Basalt's (`make image`), each sidecar deploy/kubernetes names (a scratch
 # image of the binary build-tools.sh built from the pinned module, whose
@@ -147,6 +159,22 @@ images() {
   cp /bin/busybox "$E2E/busybox/bin/"
   for name in $(/bin/busybox --list); do [ "$name" = busybox ] || ln -s busybox "$E2E/busybox/bin/$name"; done
   "$ROOT/deploy/image.sh" scratch "$d/busybox.tar" docker.io/library/busybox:1.36 '' "tree:$E2E/busybox"
+  # The upstream storage suite's images, under the names e2e.test v1.36.3
+  # asks for (test/utils/image/manifest.go): agnhost built from the same
+  # Kubernetes module, on busybox for the shell tools its helper pods run
+  # (sh, nsenter, find); busybox for the images of which the suite runs only
+  # a shell command (nginx in the exec test, glibc-dns-testing in the
+  # multi-pod tests).
+  local e2eimg=registry.k8s.io/e2e-test-images
+  ln -sf agnhost "$E2E/busybox/agnhost-2"
+  "$ROOT/deploy/image.sh" scratch "$d/agnhost.tar" $e2eimg/agnhost:2.63.0 '["/agnhost"]' \
+    "tree:$E2E/busybox" "$BIN/agnhost:/agnhost"
+  rm "$E2E/busybox/agnhost-2"
+  for ref in $e2eimg/busybox:1.37.0-1 $e2eimg/nginx:1.15-4 $e2eimg/glibc-dns-testing:2.0.0; do
+    name=${ref##*/} && name=${name%%:*}
+    "$ROOT/deploy/image.sh" scratch "$d/e2e-$name.tar" "$ref" '' "tree:$E2E/busybox"
+  done
+  "$ROOT/deploy/image.sh" scratch "$d/e2e-pause.tar" registry.k8s.io/pause:3.10.2 '["/catatonit","-P"]' /usr/bin/catatonit:/catatonit
 }
 
 # containerd_start: containerd with private root, state, sockets and CNI
@@ -184,8 +212,7 @@ JSON
 # this machine needs: the images (the local ones), the configuration (this
 # cluster's Ceph and keys), one controller replica on the host network (Ceph
 # listens on 127.0.0.1; one node), the API server and probes on 127.0.0.1,
-# and the kubelet directory (and the node plugin's state directory) moved to
-# this test's private ones.
+# and nothing else: the kubelet and state directories are the shipped ones.
 deploy_basalt() {
   local o=$E2E/deploy ref name
   mkdir -p "$o"
@@ -271,8 +298,7 @@ YAML
       echo "        - {name: $name, $apienv}"
     done
   } >"$o/e2e.yaml"
-  kc kustomize "$o" | sed -e "s|/var/lib/kubelet|$KUBELET_ROOT|g" -e "s|/var/lib/basalt|$E2E/node-state|g" \
-    -e 's/^\( *\)httpGet:$/&\n\1  host: 127.0.0.1/' >"$o/rendered.yaml"
+  kc kustomize "$o" | sed -e 's/^\( *\)httpGet:$/&\n\1  host: 127.0.0.1/' >"$o/rendered.yaml"
   kc apply -f "$o/rendered.yaml" >"$E2E/logs/apply.log"
 }
 
@@ -283,8 +309,23 @@ cmd_start() {
   # A fresh cluster every time: stale objects in etcd would describe volumes
   # of a Ceph cluster that no longer exists.
   rm -rf --one-file-system "$E2E"
-  mkdir -p "$E2E"/{logs,pids,etcd,scratch} "$KUBELET_ROOT" "$PLUGIN_DIR" "$KUBELET_ROOT/plugins_registry"
+  mkdir -p "$E2E"/{logs,pids,etcd,scratch,kubelet,node-state}
   certs
+  # The kubelet and node plugin directories of deploy/kubernetes, private to
+  # this mount namespace, and shared mounts (Bidirectional propagation needs
+  # them so); /var/log/containers, which the kubelet insists on writing; and
+  # /etc/hosts: kubectl exec and logs (the upstream suite uses them) go from
+  # the API server to the kubelet at an address of the node, the host's own
+  # (the kubelet refuses a loopback node IP) or its Hostname, which this
+  # copy maps to 127.0.0.1 and the API server prefers.
+  { cat /etc/hosts; echo "127.0.0.1 $NODE"; } >"$E2E/hosts"
+  local b
+  for b in "${BINDS[@]}"; do
+    [ "${b%%:*}" = hosts ] || mkdir -p "$E2E/${b%%:*}" "${b#*:}"
+    mount --bind "$E2E/${b%%:*}" "${b#*:}"
+  done
+  mount --make-rshared "$KUBELET_ROOT" && mount --make-rshared "$NODE_STATE"
+  mkdir -p "$PLUGIN_DIR" "$KUBELET_ROOT/plugins_registry"
   kubeconfig "$E2E/admin.kubeconfig"
 
   log "etcd, kube-apiserver"
@@ -298,7 +339,7 @@ cmd_start() {
     --client-ca-file "$E2E/pki/ca.crt" --service-account-key-file "$E2E/pki/sa.pub" \
     --service-account-signing-key-file "$E2E/pki/sa.key" --service-account-issuer https://kubernetes.default.svc \
     --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC --endpoint-reconciler-type none \
-    --allow-privileged=true
+    --allow-privileged=true --kubelet-preferred-address-types Hostname
   wait_for kube-apiserver 60 kc get --raw /readyz
 
   log "kube-controller-manager, kube-scheduler"
@@ -315,12 +356,6 @@ cmd_start() {
   log "containerd (runc), CNI bridge"
   containerd_start
   log "kubelet (CRI: containerd)"
-  # Bidirectional mount propagation needs the kubelet directory (and the
-  # node plugin's state directory, also mounted Bidirectional) to be shared
-  # mounts; the kubelet also insists on writing /var/log/containers.
-  mkdir -p "$E2E/node-state" "$E2E/var-log-containers" /var/log/containers
-  for d in "$KUBELET_ROOT" "$E2E/node-state"; do mount --bind "$d" "$d" && mount --make-rshared "$d"; done
-  mount --bind "$E2E/var-log-containers" /var/log/containers
   cat >"$E2E/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -378,7 +413,7 @@ YAML
   log "ready: KUBECONFIG=$E2E/admin.kubeconfig"
   echo "KUBECONFIG=$E2E/admin.kubeconfig"
   echo "KUBELET_ROOT=$KUBELET_ROOT"
-  echo "NODE_STATE=$E2E/node-state"
+  echo "NODE_STATE=$NODE_STATE"
   echo "E2E=$E2E"
 }
 
@@ -402,19 +437,26 @@ cmd_stop() {
   fi
   for name in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$name"; done
   # What a failed run may leave: rbd-fuse daemons of the node plugin (ended
-  # by PID, found by their mount point under our state directory), the
-  # kubelet's, containerd's and our own mounts, loop devices on our FUSE
-  # files, the CNI bridge.
+  # by PID, found by their mount point under the state directory and their
+  # mount namespace, ours), the kubelet's, containerd's and our own mounts,
+  # loop devices on our FUSE files, the CNI bridge.
   for pid in $(pgrep -x rbd-fuse || true); do
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$E2E/node-state/"; then kill -9 "$pid" 2>/dev/null || true; fi
+    [ "$(readlink "/proc/$pid/ns/mnt")" = "$(readlink /proc/self/ns/mnt)" ] || continue
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$NODE_STATE/"; then kill -9 "$pid" 2>/dev/null || true; fi
   done
   # Loop devices first: once their FUSE mount is lazily unmounted, their
   # backing path no longer names our directory.
-  { timeout 20 losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null || true; } | awk -v d="$E2E/node-state" 'index($2, d) {print $1}' |
+  { timeout 20 losetup --list --noheadings --output NAME,BACK-FILE 2>/dev/null || true; } | awk -v d="$NODE_STATE/" 'index($2, d) == 1 {print $1}' |
     while read -r dev; do timeout 20 losetup -d "$dev" 2>/dev/null || true; done
+  local b m
+  for b in "${BINDS[@]}"; do
+    ours "$b" || continue
+    { grep -F " ${b#*:}/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    umount -l "${b#*:}" || true
+  done
   { grep -F " $E2E/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  if findmnt -n -o FSROOT /var/log/containers 2>/dev/null | grep -qF var-log-containers; then umount -l /var/log/containers || true; fi
-  rmdir /var/log/containers 2>/dev/null || true # made for the bind above, if nothing else uses it
+  # Made for the binds above, if nothing else uses them.
+  rmdir "$KUBELET_ROOT" "$NODE_STATE" /var/log/containers 2>/dev/null || true
   ip link del basalt-e2e0 2>/dev/null || true
   # containerd's cgroups (its CRI parent, /k8s.io, in every hierarchy; only
   # empty ones can go) and the kubelet's iptables chains: it always makes

@@ -2,6 +2,7 @@ package kubernetes
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -9,19 +10,55 @@ import (
 	"time"
 )
 
-// inPod runs a shell command in a pod's (only) container through
-// containerd, as `kubectl exec` would without the kubelet's streaming
-// server (which listens on the node's address, not loopback).
+// inPod runs a shell command in a pod's (only) container: `kubectl exec`,
+// through the API server and the kubelet's streaming server.
 func inPod(t *testing.T, pod, script string) (string, error) {
 	t.Helper()
-	id := strings.TrimPrefix(str(jsonOf(t, "get", "pod", pod), "status", "containerStatuses", 0, "containerID"), "containerd://")
-	if id == "" {
-		return "", fmt.Errorf("pod %s has no running container", pod)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return sh(ctx, nil, filepath.Join(env["BIN"], "ctr"), "-a", filepath.Join(env["E2E"], "containerd", "containerd.sock"), "-n", "k8s.io",
-		"tasks", "exec", "--exec-id", fmt.Sprintf("e2e-%d", time.Now().UnixNano()), id, "sh", "-c", script)
+	return sh(ctx, nil, filepath.Join(env["BIN"], "kubectl"), "--kubeconfig", env["KUBECONFIG"], "exec", pod, "--", "sh", "-c", script)
+}
+
+// TestBasaltRunsInContainers: the CRI (crictl, as an admin would look)
+// shows basalt-csi and every sidecar as running containers of the
+// controller's and the node plugin's pods.
+func TestBasaltRunsInContainers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := sh(ctx, nil, filepath.Join(env["BIN"], "crictl"), "--runtime-endpoint", "unix://"+filepath.Join(env["E2E"], "containerd", "containerd.sock"),
+		"ps", "--state", "running", "--namespace", "basalt-system", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps struct {
+		Containers []struct {
+			Metadata struct{ Name string }
+			Labels   map[string]string
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &ps); err != nil {
+		t.Fatal(err)
+	}
+	var running []string // pod/container
+	for _, c := range ps.Containers {
+		running = append(running, c.Labels["io.kubernetes.pod.name"]+"/"+c.Metadata.Name)
+	}
+	t.Logf("running containers: %v", running)
+	want := map[string][]string{
+		"basalt-controller-": {"basalt-csi", "csi-provisioner", "csi-attacher", "csi-snapshotter", "csi-resizer", "liveness-probe"},
+		"basalt-node-":       {"basalt-csi", "node-driver-registrar", "liveness-probe"},
+	}
+	for pod, containers := range want {
+		for _, c := range containers {
+			found := false
+			for _, r := range running {
+				found = found || (strings.HasPrefix(r, pod) && strings.HasSuffix(r, "/"+c))
+			}
+			if !found {
+				t.Errorf("no running container %s in a %s* pod", c, pod)
+			}
+		}
+	}
 }
 
 // The node plugin's pod is deleted while a workload pod uses a volume; the
