@@ -68,11 +68,11 @@ e2e: build image
 
 # All of Kubernetes' external storage suite that applies, on the same stack
 # brought up the same way: `make e2e-upstream [TESTDRIVER=file] [FOCUS=regex]
-# [SKIP=regex]` (test/e2e/testdriver.yaml by default; README, "Upstream
+# [SKIP=regex] [PROCS=n]` (test/e2e/testdriver.yaml by default; README, "Upstream
 # storage suite").
 e2e-upstream: build image
 	@mkdir -p _output
-	BASALT_UPSTREAM_ALL=1 TESTDRIVER="$(if $(TESTDRIVER),$(abspath $(TESTDRIVER)))" FOCUS="$(FOCUS)" SKIP="$(SKIP)" \
+	BASALT_UPSTREAM_ALL=1 TESTDRIVER="$(if $(TESTDRIVER),$(abspath $(TESTDRIVER)))" FOCUS="$(FOCUS)" SKIP="$(SKIP)" PROCS="$(PROCS)" \
 	  $(IN_PRIVATE_NS) $(GO) test -count=1 -timeout 7h -v -run '^TestUpstreamStorage$$' ./test/e2e/kubernetes/ 2>&1 \
 	  | tee _output/e2e-upstream.log | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
 

@@ -63,3 +63,20 @@ func validateCapability(vc *csi.VolumeCapability) error {
 	}
 	return validateCapabilities([]*csi.VolumeCapability{vc})
 }
+
+// MinXFSBytes is the smallest volume mkfs.xfs formats: xfsprogs >= 5.19
+// (Debian 12 has 6.1) refuses filesystems under 300 MB.
+const MinXFSBytes = 300 << 20
+
+// minBytes is the smallest size a new volume with these capabilities can be
+// used at: MinXFSBytes when one of them mounts it as xfs, else 0. A smaller
+// request is rounded up to it (CSI lets a driver give more than
+// required_bytes) rather than made and left to fail at the first stage.
+func minBytes(caps []*csi.VolumeCapability) int64 {
+	for _, c := range caps {
+		if c.GetMount().GetFsType() == "xfs" {
+			return MinXFSBytes
+		}
+	}
+	return 0
+}

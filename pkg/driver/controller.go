@@ -65,6 +65,13 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if cr.GetLimitBytes() != 0 && cr.GetRequiredBytes() > cr.GetLimitBytes() {
 		return nil, status.Errorf(codes.OutOfRange, "required_bytes %d is above limit_bytes %d", cr.GetRequiredBytes(), cr.GetLimitBytes())
 	}
+	required := cr.GetRequiredBytes() // 0: the source's size, or the default
+	if min := minBytes(req.GetVolumeCapabilities()); required > 0 && required < min {
+		if cr.GetLimitBytes() != 0 && cr.GetLimitBytes() < min {
+			return nil, status.Errorf(codes.OutOfRange, "an xfs volume needs at least %d bytes (300 MiB), above limit_bytes %d", min, cr.GetLimitBytes())
+		}
+		required = min
+	}
 	// mutable_parameters (a VolumeAttributesClass at create) may hold only
 	// mutable keys; they apply like the same StorageClass parameters (and
 	// win over them: the class of service is the VolumeAttributesClass's).
@@ -103,7 +110,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	v, err := c.Prov.Create(ctx, provision.Request{
 		Source:        source,
 		Name:          req.GetName(),
-		RequiredBytes: uint64(cr.GetRequiredBytes()),
+		RequiredBytes: uint64(required),
 		LimitBytes:    uint64(cr.GetLimitBytes()),
 		Image:         params.image,
 		Params:        params.identity,

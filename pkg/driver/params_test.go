@@ -90,3 +90,25 @@ func TestIsMutable(t *testing.T) {
 		}
 	}
 }
+
+func TestMinBytes(t *testing.T) {
+	mount := func(fs string) *csi.VolumeCapability {
+		return &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}}}
+	}
+	block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}}}
+	for _, tc := range []struct {
+		caps []*csi.VolumeCapability
+		want int64
+	}{
+		{nil, 0},
+		{[]*csi.VolumeCapability{block}, 0},
+		{[]*csi.VolumeCapability{mount("")}, 0},
+		{[]*csi.VolumeCapability{mount("ext4")}, 0},
+		{[]*csi.VolumeCapability{mount("xfs")}, MinXFSBytes},
+		{[]*csi.VolumeCapability{mount("ext4"), mount("xfs")}, MinXFSBytes},
+	} {
+		if got := minBytes(tc.caps); got != tc.want {
+			t.Errorf("minBytes(%v) = %d, want %d", tc.caps, got, tc.want)
+		}
+	}
+}

@@ -219,10 +219,18 @@ func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Recor
 		return status.Errorf(codes.Internal, "creating %s: %v", rec.StagingPath, err)
 	}
 	opts := append([]string(nil), rec.MountFlags...)
+	if rec.FsType == "xfs" {
+		// A clone or a restore carries its source's XFS UUID, and XFS
+		// refuses a second filesystem with a mounted one's UUID.
+		opts = append(opts, "nouuid")
+	}
 	if rec.ReadOnly {
 		opts = append(opts, "ro")
-		if rec.FsType == "ext4" {
+		switch rec.FsType {
+		case "ext4":
 			opts = append(opts, "noload") // no journal replay on a read-only device
+		case "xfs":
+			opts = append(opts, "norecovery") // nor log recovery
 		}
 	}
 	// A volume cloned from a small golden image is larger than its

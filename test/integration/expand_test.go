@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/basalt-csi/basalt/pkg/driver"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -134,6 +135,39 @@ func TestExpandVolume(t *testing.T) {
 	if total := fsTotal(t, n, xfs.id, xfs.target); total < 560*mib {
 		t.Fatalf("xfs is %d bytes after growing online to 640 MiB", total)
 	}
+
+	// A clone of the mounted xfs volume mounts beside it, though it carries
+	// its source's XFS UUID (Basalt mounts xfs with nouuid).
+	f, err := os.Open(filepath.Join(xfs.target, "mine.txt"))
+	must(t, err)
+	must(t, f.Sync()) // into the image, for the clone to see
+	f.Close()
+	xc, err := createFrom(ctx, d, "pvc-expand-xfs-clone", fromVolume(xfs.id), map[string]string{"backend": "a-std"})
+	must(t, err)
+	xclone := stageAndPublish(t, d, n, xc.GetVolumeId(), mountVC("xfs"))
+	if got, err := os.ReadFile(filepath.Join(xclone.target, "mine.txt")); err != nil || string(got) != "xfs\n" {
+		t.Fatalf("the xfs clone's data: %q %v", got, err)
+	}
+	xclone.teardown(t, d, n)
+	del(t, d, xclone.id)
+
+	// A smaller xfs volume than mkfs.xfs makes is created at its minimum
+	// (the upstream suite asks for 1 MiB ones), unless the limit forbids.
+	small, err := d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{
+		Name: "pvc-expand-xfs-small", CapacityRange: &csi.CapacityRange{RequiredBytes: mib},
+		VolumeCapabilities: []*csi.VolumeCapability{mountVC("xfs")}, Parameters: map[string]string{"backend": "a-std"},
+	})
+	if err != nil || small.GetVolume().GetCapacityBytes() != driver.MinXFSBytes {
+		t.Fatalf("a 1 MiB xfs volume: %v %v", small, err)
+	}
+	xsmall := stageAndPublish(t, d, n, small.GetVolume().GetVolumeId(), mountVC("xfs"))
+	xsmall.teardown(t, d, n)
+	del(t, d, xsmall.id)
+	_, err = d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{
+		Name: "pvc-expand-xfs-tiny", CapacityRange: &csi.CapacityRange{RequiredBytes: mib, LimitBytes: 100 * mib},
+		VolumeCapabilities: []*csi.VolumeCapability{mountVC("xfs")}, Parameters: map[string]string{"backend": "a-std"},
+	})
+	wantCode(t, err, codes.OutOfRange, "xfs", "300 MiB")
 
 	// A raw block volume needs only its device.
 	bvc := capFor(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, true)
