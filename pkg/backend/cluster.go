@@ -125,9 +125,11 @@ type Cluster interface {
 	// CloneDepth is the number of parents above image (0 = not a clone).
 	CloneDepth(ctx context.Context, image string) (int, error)
 	// Flatten copies the parent's data into image and detaches it.
-	// GroupSnapshot takes one RBD group snapshot group@snap of images (in the
-	// backend pool) and returns each image's size in it; idempotent.
-	GroupSnapshot(ctx context.Context, group string, images []string, snap string) (map[string]uint64, error)
+	// GroupSnapshot takes one RBD group snapshot group@snap (the group in
+	// the backend pool) of images (Pool and Image, in any pool of this
+	// cluster) and returns each image's size in it, by Pool/Image;
+	// idempotent.
+	GroupSnapshot(ctx context.Context, group string, images []ImageSpec, snap string) (map[string]uint64, error)
 	// RemoveGroupSnapshot removes group@snap, its members' snapshots and the
 	// group; absent is success.
 	RemoveGroupSnapshot(ctx context.Context, group, snap string) error

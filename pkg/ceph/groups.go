@@ -4,18 +4,47 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 )
 
 // GroupSnapshot implements backend.Cluster with an RBD group snapshot:
 // librbd quiesces every member, then snapshots them all, so the member
-// snapshots are one point in time across the volumes. The members leave the
-// group right after (an image belongs to one group at a time, and a volume
-// may be in many group snapshots); the group keeps the snapshot record, and
-// removing the group snapshot still removes every member's snapshot.
-// Idempotent: a group snapshot that exists already is reused.
-func (c *Conn) GroupSnapshot(ctx context.Context, group string, images []string, snap string) (map[string]uint64, error) {
+// snapshots are one point in time across the volumes, whichever pool of the
+// cluster each is in (the group lives in this backend's pool). The members
+// leave the group right after (an image belongs to one group at a time, and
+// a volume may be in many group snapshots); the group keeps the snapshot
+// record, and removing the group snapshot still removes every member's
+// snapshot. Idempotent: a group snapshot that exists already is reused.
+func (c *Conn) GroupSnapshot(ctx context.Context, group string, images []backend.ImageSpec, snap string) (map[string]uint64, error) {
 	sizes, err := call(ctx, c.s, fmt.Sprintf("group snapshot %s/%s@%s of %v", c.pool, group, snap, images), func() (map[string]uint64, error) {
+		// The other pools' IOContexts are this call's own: made and
+		// destroyed here, so an abandoned call leaves none behind in use.
+		ioctxs := map[string]*rados.IOContext{c.pool: c.ioctx}
+		defer func() {
+			for pool, ioctx := range ioctxs {
+				if pool != c.pool {
+					ioctx.Destroy()
+				}
+			}
+		}()
+		ioctxOf := func(pool string) (*rados.IOContext, error) {
+			if ioctx, ok := ioctxs[pool]; ok {
+				return ioctx, nil
+			}
+			ioctx, err := c.conn.OpenIOContext(pool)
+			if err != nil {
+				return nil, fmt.Errorf("opening pool %s: %w", pool, err)
+			}
+			ioctxs[pool] = ioctx
+			return ioctx, nil
+		}
+		for _, img := range images {
+			if _, err := ioctxOf(img.Pool); err != nil {
+				return nil, err
+			}
+		}
 		if err := rbd.GroupCreate(c.ioctx, group); err != nil && !isErrno(err, 17) { // EEXIST
 			return nil, err
 		}
@@ -29,8 +58,8 @@ func (c *Conn) GroupSnapshot(ctx context.Context, group string, images []string,
 		}
 		if !taken {
 			for _, img := range images {
-				if err := rbd.GroupImageAdd(c.ioctx, group, c.ioctx, img); err != nil && !isErrno(err, 17) {
-					return nil, fmt.Errorf("adding %s to the group: %w", img, translate(err))
+				if err := rbd.GroupImageAdd(c.ioctx, group, ioctxs[img.Pool], img.Image); err != nil && !isErrno(err, 17) {
+					return nil, fmt.Errorf("adding %s/%s to the group: %w", img.Pool, img.Image, translate(err))
 				}
 			}
 			if err := rbd.GroupSnapCreate(c.ioctx, group, snap); err != nil {
@@ -38,20 +67,20 @@ func (c *Conn) GroupSnapshot(ctx context.Context, group string, images []string,
 			}
 		}
 		for _, img := range images {
-			if err := rbd.GroupImageRemove(c.ioctx, group, c.ioctx, img); err != nil && !isErrno(err, 2) {
-				return nil, fmt.Errorf("taking %s out of the group: %w", img, err)
+			if err := rbd.GroupImageRemove(c.ioctx, group, ioctxs[img.Pool], img.Image); err != nil && !isErrno(err, 2) {
+				return nil, fmt.Errorf("taking %s/%s out of the group: %w", img.Pool, img.Image, err)
 			}
 		}
 		sizes := map[string]uint64{}
 		for _, img := range images {
-			id, size, err := c.groupSnapOf(img, group, snap)
+			id, size, err := groupSnapOf(ioctxs[img.Pool], img.Image, group, snap)
 			if err != nil {
 				return nil, err
 			}
 			if id == nil {
-				return nil, fmt.Errorf("%s has no snapshot of group snapshot %s@%s", img, group, snap)
+				return nil, fmt.Errorf("%s/%s has no snapshot of group snapshot %s@%s", img.Pool, img.Image, group, snap)
 			}
-			sizes[img] = size
+			sizes[img.Pool+"/"+img.Image] = size
 		}
 		return sizes, nil
 	})
@@ -62,8 +91,8 @@ func (c *Conn) GroupSnapshot(ctx context.Context, group string, images []string,
 }
 
 // groupSnapOf finds image's member snapshot of group@snap (nil if none).
-func (c *Conn) groupSnapOf(image, group, snap string) (*uint64, uint64, error) {
-	img, err := rbd.OpenImageReadOnly(c.ioctx, image, rbd.NoSnapshot)
+func groupSnapOf(ioctx *rados.IOContext, image, group, snap string) (*uint64, uint64, error) {
+	img, err := rbd.OpenImageReadOnly(ioctx, image, rbd.NoSnapshot)
 	if err != nil {
 		return nil, 0, translate(err)
 	}

@@ -30,8 +30,9 @@ type Group struct {
 
 // CreateGroupSnapshot takes one RBD group snapshot of every volume: the
 // member snapshots are one point in time across the volumes (not a loop of
-// single snapshots). Members must share a backend (cluster and pool): an RBD
-// group lives in one pool. Idempotent by name, like CreateSnapshot.
+// single snapshots). Members must be in one Ceph cluster, in any of its
+// backends' pools: the RBD group lives in the first volume's pool.
+// Idempotent by name, like CreateSnapshot.
 func (p *Provisioner) CreateGroupSnapshot(ctx context.Context, req GroupRequest) (Group, error) {
 	log := p.Log.With("groupSnapshotName", req.Name)
 	reg, err := p.registry()
@@ -42,21 +43,27 @@ func (p *Provisioner) CreateGroupSnapshot(ctx context.Context, req GroupRequest)
 	slices.Sort(vols)
 	vols = slices.Compact(vols)
 	ids := make([]volumeid.ID, len(vols))
-	var bname string
+	bnames := make([]string, len(vols))
+	images := make([]backend.ImageSpec, len(vols))
+	var cl backend.Cluster
 	for i, v := range vols {
-		id, name, _, err := p.Lookup(ctx, v)
+		id, name, _, err := p.Lookup(ctx, v) // where it is now: a retype may have moved it
 		if err != nil {
 			return Group{}, err
 		}
-		if i > 0 && name != bname { // by backend: a retype may have moved a volume
-			return Group{}, errorf(InvalidArgument, nil, "volumes %s (backend %s) and %s (backend %s) cannot be snapshotted together: an RBD group snapshot covers the images of one Ceph cluster and pool", vols[0], bname, v, name)
+		vcl, bcfg, err := p.Backends.Get(name)
+		if err != nil {
+			return Group{}, errorf(Unavailable, err, "backend %s of volume %s is down", name, v)
 		}
-		ids[i], bname = id, name
+		if i == 0 {
+			cl = vcl
+		} else if vcl.ClusterID() != cl.ClusterID() {
+			return Group{}, errorf(InvalidArgument, nil, "volumes %s (backend %s) and %s (backend %s) cannot be snapshotted together: an RBD group snapshot covers the images of one Ceph cluster", vols[0], bnames[0], v, name)
+		}
+		ids[i], bnames[i] = id, name
+		images[i] = backend.ImageSpec{Pool: bcfg.Pool, Image: id.ImageName()}
 	}
-	cl, _, err := p.Backends.Get(bname)
-	if err != nil {
-		return Group{}, errorf(Unavailable, err, "the backend of the volumes is down")
-	}
+	bname := bnames[0] // the group's
 	res, created, err := reserve(ctx, reg, records.Reservation{
 		Kind: records.KindGroup, Name: req.Name, State: records.StateCreating,
 		Source: strings.Join(vols, ","), Params: req.Params, Backend: bname,
@@ -80,10 +87,6 @@ func (p *Provisioner) CreateGroupSnapshot(ctx context.Context, req GroupRequest)
 	if err != nil {
 		return Group{}, classify(err, "naming the group snapshot")
 	}
-	images := make([]string, len(ids))
-	for i, id := range ids {
-		images[i] = id.ImageName()
-	}
 	g := Group{Entry: records.GroupEntry{GroupSnapshotID: gid.String(), Name: req.Name, Backend: bname}}
 	err = flow.Run(ctx, log.With("groupSnapshot", gid.String()),
 		flow.Step{
@@ -98,8 +101,8 @@ func (p *Provisioner) CreateGroupSnapshot(ctx context.Context, req GroupRequest)
 				for i, id := range ids {
 					sid := volumeid.SnapshotID{Volume: id, UUID: res.UUID}.String()
 					g.Members = append(g.Members, records.SnapshotEntry{
-						SnapshotID: sid, Name: req.Name + "/" + vols[i], SourceVolumeID: vols[i], Backend: bname,
-						SizeBytes: sizes[images[i]], Created: g.Entry.Created, GroupSnapshotID: gid.String(),
+						SnapshotID: sid, Name: req.Name + "/" + vols[i], SourceVolumeID: vols[i], Backend: bnames[i],
+						SizeBytes: sizes[images[i].Pool+"/"+images[i].Image], Created: g.Entry.Created, GroupSnapshotID: gid.String(),
 					})
 					g.Entry.SnapshotIDs = append(g.Entry.SnapshotIDs, sid)
 				}
@@ -234,6 +237,14 @@ func (p *Provisioner) DeleteGroupSnapshot(ctx context.Context, id string, snapsh
 	// Name first, group entry last: until it goes, a retry finds everything
 	// it needs to finish (as DeleteSnapshot).
 	if ierr == nil {
+		// Each member's backend, for the images of deleted volumes that
+		// waited for this snapshot (members may be in other pools).
+		memberBackend := map[string]string{}
+		for _, sid := range e.SnapshotIDs {
+			if m, err := reg.Snapshot(ctx, sid); err == nil && m.Backend != "" {
+				memberBackend[sid] = m.Backend
+			}
+		}
 		if err := reg.Release(ctx, records.KindGroup, e.Name, gid.UUID); err != nil {
 			return classify(err, "releasing the group snapshot name")
 		}
@@ -247,9 +258,17 @@ func (p *Provisioner) DeleteGroupSnapshot(ctx context.Context, id string, snapsh
 			return classify(err, "unindexing the group snapshot")
 		}
 		for _, sid := range e.SnapshotIDs {
-			if s, err := volumeid.ParseSnapshot(sid); err == nil {
-				p.reapDeleted(ctx, reg, cl, bname, s.Volume.DeletedImageName(), s.Volume.String())
+			s, err := volumeid.ParseSnapshot(sid)
+			if err != nil {
+				continue
 			}
+			mname, mcl := bname, cl
+			if b, ok := memberBackend[sid]; ok && b != bname {
+				if c, _, err := p.Backends.Get(b); err == nil {
+					mname, mcl = b, c
+				}
+			}
+			p.reapDeleted(ctx, reg, mcl, mname, s.Volume.DeletedImageName(), s.Volume.String())
 		}
 	}
 	p.kickSweeper()

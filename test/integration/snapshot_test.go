@@ -314,14 +314,16 @@ func TestCloneDepthFlattensAndParallelRestores(t *testing.T) {
 // A volume group snapshot is one RBD group snapshot: each member restores
 // to its volume's content at that point, members are listed with their
 // group, cannot be deleted alone, outlive their source volumes, and go with
-// the group. Volumes of two clusters cannot be grouped.
+// the group. Volumes of two pools of one cluster are grouped (a StatefulSet's
+// claims land on whichever backends the scheduler picks); volumes of two
+// clusters cannot be.
 func TestVolumeGroupSnapshot(t *testing.T) {
 	d := startDriver(t, configYAML(), nil)
 	gc := csi.NewGroupControllerClient(d.conn)
 	ctx := tctx(t)
 	pin := map[string]string{"image": golden, "backend": "a-std"}
-	a, b := create(t, d, "grp-a", 0, pin, nil), create(t, d, "grp-b", 0, pin, nil)
-	imgA, imgB := "volumes/"+imageOf(t, a), "volumes/"+imageOf(t, b)
+	a, b := create(t, d, "grp-a", 0, pin, nil), create(t, d, "grp-b", 0, map[string]string{"image": golden, "backend": "a-fast"}, nil)
+	imgA, imgB := "volumes/"+imageOf(t, a), "fast/"+imageOf(t, b)
 	c1.scribble(t, imgA)
 	c1.scribble(t, imgB)
 	wantA, wantB := c1.digest(t, imgA), c1.digest(t, imgB)
@@ -389,9 +391,11 @@ func TestVolumeGroupSnapshot(t *testing.T) {
 	for _, v := range restores {
 		del(t, d, v.GetVolumeId())
 	}
-	left := leftovers(t, d, c1, "volumes")
-	if groups := strings.TrimSpace(c1.rbd(t, "group", "ls", "volumes")); groups != "" {
-		left = append(left, "groups: "+groups)
+	left := append(leftovers(t, d, c1, "volumes"), leftovers(t, d, c1, "fast")...)
+	for _, pool := range []string{"volumes", "fast"} {
+		if groups := strings.TrimSpace(c1.rbd(t, "group", "ls", pool)); groups != "" {
+			left = append(left, pool+" groups: "+groups)
+		}
 	}
 	if len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
