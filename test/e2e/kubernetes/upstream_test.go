@@ -50,9 +50,9 @@ func TestUpstreamStorage(t *testing.T) {
 		driver = filepath.Join(repoRoot, "test/e2e/testdriver.yaml")
 	}
 	driver = resolveDriverFile(t, driver, filepath.Join(repoRoot, "_output/e2e/upstream"))
-	focus := os.Getenv("FOCUS")
+	focus, timeout := os.Getenv("FOCUS"), "6h"
 	if focus == "" && os.Getenv("BASALT_UPSTREAM_ALL") == "" {
-		focus = ciFocus
+		focus, timeout = ciFocus, "40m" // a hung spec must not eat make test's whole budget
 	}
 	skip := upstreamSkip
 	if s := os.Getenv("SKIP"); s != "" {
@@ -77,7 +77,7 @@ func TestUpstreamStorage(t *testing.T) {
 	// specs in PROCS processes, [Serial] ones alone at the end.
 	args := []string{
 		"--procs", procs,
-		"--timeout", "6h",
+		"--timeout", timeout,
 		"--no-color",
 		// Only the external storage specs: the prefix and FOCUS in one
 		// expression (several --focus flags would be ORed).
