@@ -151,6 +151,34 @@ func TestExpandVolume(t *testing.T) {
 	xclone.teardown(t, d, n)
 	del(t, d, xclone.id)
 
+	// Kubernetes' way with a blank ext4 volume: the attachment (and its
+	// publish context) stays while the pod goes, the volume grows, and a new
+	// pod stages it again; the stage grows the filesystem (the upstream
+	// suite's "pod re-created after controller resize" spec).
+	bl := create(t, d, "pvc-expand-blank", 256*mib, map[string]string{"backend": "a-std"}, nil)
+	pc, err := publish(ctx, d.ctrl, bl.GetVolumeId(), n.id, ext4.vc, false)
+	must(t, err)
+	blankStage := func(path string) {
+		t.Helper()
+		_, err := n.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: bl.GetVolumeId(), StagingTargetPath: path,
+			VolumeCapability: ext4.vc, VolumeContext: bl.GetVolumeContext(), PublishContext: pc})
+		must(t, err)
+	}
+	bstaging := filepath.Join(t.TempDir(), "staging")
+	must(t, os.MkdirAll(bstaging, 0o750))
+	blankStage(bstaging)
+	unstage(t, n, bl.GetVolumeId(), bstaging)
+	_, err = expand(ctx, d, bl.GetVolumeId(), 512*mib, 0, ext4.vc)
+	must(t, err)
+	blankStage(bstaging)
+	btarget := filepath.Join(t.TempDir(), "target")
+	must(t, nodePublish(ctx, n, bl.GetVolumeId(), bstaging, btarget, ext4.vc, false))
+	if total := fsTotal(t, n, bl.GetVolumeId(), btarget); total < 440*mib {
+		t.Fatalf("a blank ext4 volume grown while attached is %d bytes after its next stage", total)
+	}
+	stagedVolume{bl.GetVolumeId(), bstaging, btarget, ext4.vc}.teardown(t, d, n)
+	del(t, d, bl.GetVolumeId())
+
 	// A smaller xfs volume than mkfs.xfs makes is created at its minimum
 	// (the upstream suite asks for 1 MiB ones), unless the limit forbids.
 	small, err := d.ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{
