@@ -72,7 +72,8 @@ e2e: build image
 # storage suite").
 e2e-upstream: build image
 	@mkdir -p _output
-	BASALT_UPSTREAM_ALL=1 TESTDRIVER="$(if $(TESTDRIVER),$(abspath $(TESTDRIVER)))" FOCUS="$(FOCUS)" SKIP="$(SKIP)" PROCS="$(PROCS)" \
+	BASALT_UPSTREAM_ALL=1 BASALT_UPSTREAM_TESTDRIVER="$(if $(TESTDRIVER),$(abspath $(TESTDRIVER)))" \
+	  BASALT_UPSTREAM_FOCUS="$(FOCUS)" BASALT_UPSTREAM_SKIP="$(SKIP)" BASALT_UPSTREAM_PROCS="$(PROCS)" \
 	  $(IN_PRIVATE_NS) $(GO) test -count=1 -timeout 7h -v -run '^TestUpstreamStorage$$' ./test/e2e/kubernetes/ 2>&1 \
 	  | tee _output/e2e-upstream.log | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
 

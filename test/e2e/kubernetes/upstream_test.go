@@ -39,23 +39,25 @@ const upstreamSkip = `\[Disruptive\]|provisioning should provision storage with 
 // TestUpstreamStorage runs Kubernetes' own storage conformance for external
 // CSI drivers (test/e2e/storage/external in e2e.test v1.36.3, built from the
 // module by build-tools.sh) against the Basalt deployed by TestMain, as its
-// test-driver file declares it. TESTDRIVER (another declaration), FOCUS
-// (a regular expression; default: ciFocus, or everything when
-// BASALT_UPSTREAM_ALL is set, as `make e2e-upstream` does) and SKIP choose
-// what runs; PROCS, how many specs run at once. Ginkgo's summary line is logged; its JUnit report and the full
-// log are in _output/e2e/upstream.
+// test-driver file declares it. BASALT_UPSTREAM_TESTDRIVER (another
+// declaration), BASALT_UPSTREAM_FOCUS (a regular expression; default:
+// ciFocus, or everything when BASALT_UPSTREAM_ALL is set) and
+// BASALT_UPSTREAM_SKIP choose what runs, BASALT_UPSTREAM_PROCS how many specs
+// run at once: `make e2e-upstream` sets them from TESTDRIVER, FOCUS, SKIP and
+// PROCS. Ginkgo's summary line is logged; its JUnit report and the full log
+// are in _output/e2e/upstream.
 func TestUpstreamStorage(t *testing.T) {
-	driver := os.Getenv("TESTDRIVER")
+	driver := os.Getenv("BASALT_UPSTREAM_TESTDRIVER")
 	if driver == "" {
 		driver = filepath.Join(repoRoot, "test/e2e/testdriver.yaml")
 	}
 	driver = resolveDriverFile(t, driver, filepath.Join(repoRoot, "_output/e2e/upstream"))
-	focus, timeout := os.Getenv("FOCUS"), "6h"
+	focus, timeout := os.Getenv("BASALT_UPSTREAM_FOCUS"), "6h"
 	if focus == "" && os.Getenv("BASALT_UPSTREAM_ALL") == "" {
 		focus, timeout = ciFocus, "40m" // a hung spec must not eat make test's whole budget
 	}
 	skip := upstreamSkip
-	if s := os.Getenv("SKIP"); s != "" {
+	if s := os.Getenv("BASALT_UPSTREAM_SKIP"); s != "" {
 		skip += "|" + s
 	}
 	for _, re := range []string{focus, skip} {
@@ -69,7 +71,7 @@ func TestUpstreamStorage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Hour)
 	defer cancel()
-	procs := os.Getenv("PROCS")
+	procs := os.Getenv("BASALT_UPSTREAM_PROCS")
 	if procs == "" {
 		procs = "3" // most of a spec is waiting for pods and volumes
 	}
