@@ -94,11 +94,6 @@ func (n *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 	err := n.Svc.Stage(ctx, node.StageRequest{
 		VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(),
 		Block: vc.GetBlock() != nil, FsType: vc.GetMount().GetFsType(), MountFlags: vc.GetMount().GetMountFlags(),
-		// Every mount volume is checked: neither the volume_context (made at
-		// create) nor the publish context (made at attach, and Kubernetes
-		// keeps an attachment across an expansion and a pod's restart)
-		// tells reliably that a blank volume was not grown since.
-		MayNeedGrow: true,
 	})
 	if err != nil {
 		return nil, err

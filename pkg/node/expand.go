@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -66,9 +65,6 @@ func (s *Service) Expand(ctx context.Context, volumeID, volumePath string, requi
 	grew, err := s.Mounts.Resize(ctx, dev, rec.StagingPath)
 	switch {
 	case err != nil && rec.FsType == "ext4" && strings.Contains(err.Error(), "Permission denied"):
-		if merr := s.Store.MarkGrow(id.UUID); merr != nil {
-			return 0, status.Error(codes.Internal, merr.Error())
-		}
 		s.Log.Warn("ext4 cannot grow online on this host (no CAP_SYS_RESOURCE); it grows at the next stage", "volume", volumeID, "device", dev)
 		return 0, status.Errorf(codes.FailedPrecondition, "volume %s: the device is %d bytes now, but ext4 cannot be grown online on this host (the node plugin lacks CAP_SYS_RESOURCE); the filesystem grows when the volume is next staged (restart the pod using it)", volumeID, size)
 	case err != nil:
@@ -90,26 +86,4 @@ func waitDeviceSize(ctx context.Context, dev string, want int64) (int64, error) 
 		return 0, fmt.Errorf("%s is still %d bytes, not %d, after %v", dev, size, want, deviceGrowWait)
 	}
 	return size, err
-}
-
-func (s *Store) growPath(uuid string) string { return s.path(uuid) + ".grow" }
-
-// MarkGrow notes that volume uuid's filesystem must be grown at its next
-// stage on this node (the mark outlives the staging record).
-func (s *Store) MarkGrow(uuid string) error {
-	return os.WriteFile(s.growPath(uuid), nil, 0o600)
-}
-
-// GrowPending tells whether MarkGrow was called since the last ClearGrow.
-func (s *Store) GrowPending(uuid string) bool {
-	_, err := os.Stat(s.growPath(uuid))
-	return err == nil
-}
-
-// ClearGrow drops the mark once the filesystem was grown.
-func (s *Store) ClearGrow(uuid string) error {
-	if err := os.Remove(s.growPath(uuid)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
 }

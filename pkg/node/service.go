@@ -54,9 +54,6 @@ type StageRequest struct {
 	Block                 bool
 	FsType                string
 	MountFlags            []string
-	// MayNeedGrow is false only when the volume is known to be blank (its
-	// volume_context names no source image): mkfs then fills the device.
-	MayNeedGrow bool
 }
 
 // LockWait bounds how long a node call waits for another on the same volume.
@@ -136,19 +133,12 @@ func (s *Service) Stage(ctx context.Context, req StageRequest) error {
 	rec = &Record{
 		VolumeID: req.VolumeID, StagingPath: req.StagingPath, Block: req.Block,
 		MountFlags: req.MountFlags, ReadOnly: spec.ReadOnly, Spec: spec, Staged: time.Now().UTC(),
-		// A volume NodeExpandVolume could not grow online grows now.
-		SkipGrow: !req.MayNeedGrow && !s.Store.GrowPending(id.UUID),
 	}
 	if !req.Block {
 		rec.FsType = fsOrDefault(req.FsType)
 	}
 	if err := s.stage(ctx, log, id.UUID, rec); err != nil {
 		return err
-	}
-	if !rec.Block && !rec.ReadOnly {
-		if err := s.Store.ClearGrow(id.UUID); err != nil { // grown at this stage
-			log.Warn("could not drop the grow-at-next-stage mark", "error", err)
-		}
 	}
 	log.Info("volume staged", "device", rec.Mapping.Device, "mapper", rec.Mapping.Mapper, "readOnly", rec.ReadOnly, "block", rec.Block)
 	return nil
@@ -233,9 +223,13 @@ func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Recor
 			opts = append(opts, "norecovery") // nor log recovery
 		}
 	}
-	// A volume cloned from a small golden image is larger than its
-	// filesystem: grow ext4 before mounting, while nothing uses the device.
-	if !rec.ReadOnly && !rec.SkipGrow {
+	// A volume cloned from a small golden image, or grown since its
+	// filesystem was (offline, or where ext4 could not grow online), is
+	// larger than its filesystem: grow ext4 before mounting, while nothing
+	// uses the device. Every stage checks: neither the volume_context nor
+	// the publish context (Kubernetes keeps an attachment across an
+	// expansion) tells reliably that a blank volume was not grown since.
+	if !rec.ReadOnly {
 		grew, err := s.Mounts.GrowExt4Offline(ctx, rec.Mapping.Device)
 		if err != nil {
 			return status.Errorf(codes.Internal, "growing the filesystem on %s: %v", rec.Mapping.Device, err)

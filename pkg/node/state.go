@@ -24,7 +24,6 @@ type Record struct {
 	FsType      string         `json:"fsType,omitempty"`
 	MountFlags  []string       `json:"mountFlags,omitempty"`
 	ReadOnly    bool           `json:"readOnly"`
-	SkipGrow    bool           `json:"skipGrow,omitempty"` // blank volume: never smaller than its filesystem
 	Spec        mapper.Spec    `json:"spec"`
 	Mapping     mapper.Mapping `json:"mapping"`
 	Targets     []Target       `json:"targets,omitempty"`
