@@ -7,7 +7,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all deps build run csc test unit integration sanity walkthrough e2e e2e-upstream lint clean bench bench-quick image
+.PHONY: all deps build run csc test unit integration sanity walkthrough e2e e2e-prep e2e-tools-early e2e-upstream lint clean bench bench-quick image
 
 all: build
 
@@ -56,28 +56,43 @@ image: deps
 
 # Real Kubernetes (built from Go modules, cached by version) + Ceph + Basalt,
 # with a focused part of Kubernetes' own storage suite (TestUpstreamStorage).
-# In private mount and PID namespaces (catatonit is their init): the mounts
-# of the kubelet, containerd and the node plugin's pods go with them, and the
-# suite's host-exec pods, which enter PID 1's mount namespace, enter ours.
-IN_PRIVATE_NS := unshare --mount --propagation private --pid --fork --mount-proc catatonit --
+# In private mount, PID and network namespaces (catatonit is their init): the
+# mounts of the kubelet, containerd and the node plugin's pods, the pod
+# network and kube-proxy's rules go with them, and the suite's host-exec
+# pods, which enter PID 1's mount namespace, enter ours. The tools and the
+# test binary are built first, outside: the network namespace has no way out.
+IN_PRIVATE_NS := unshare --mount --propagation private --pid --fork --mount-proc --net catatonit --
+E2E_TEST      := _output/kubernetes-e2e.test
+E2E_RUN       := env -C test/e2e/kubernetes $(IN_PRIVATE_NS) $(CURDIR)/$(E2E_TEST) -test.count=1 -test.v
 E2E_FILTER    := grep -E '^e2e|^(--- |PASS|FAIL|ok|panic)|^\s+\S+_test.go:[0-9]+: '
-e2e: build image
+e2e-prep: build image
 	@mkdir -p _output
-	$(IN_PRIVATE_NS) $(GO) test -count=1 -timeout 80m -v ./test/e2e/kubernetes/ 2>&1 | tee _output/e2e.log \
-	  | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
+	GOFLAGS= test/e2e/kubernetes/build-tools.sh >/dev/null
+	$(GO) test -c -o $(E2E_TEST) ./test/e2e/kubernetes/
+
+e2e: e2e-prep
+	$(E2E_RUN) -test.timeout 80m 2>&1 | tee _output/e2e.log | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
 
 # All of Kubernetes' external storage suite that applies, on the same stack
 # brought up the same way: `make e2e-upstream [TESTDRIVER=file] [FOCUS=regex]
 # [SKIP=regex] [PROCS=n]` (test/e2e/testdriver.yaml by default; README, "Upstream
 # storage suite").
-e2e-upstream: build image
-	@mkdir -p _output
+e2e-upstream: e2e-prep
 	BASALT_UPSTREAM_ALL=1 BASALT_UPSTREAM_TESTDRIVER="$(if $(TESTDRIVER),$(abspath $(TESTDRIVER)))" \
 	  BASALT_UPSTREAM_FOCUS="$(FOCUS)" BASALT_UPSTREAM_SKIP="$(SKIP)" BASALT_UPSTREAM_PROCS="$(PROCS)" \
-	  $(IN_PRIVATE_NS) $(GO) test -count=1 -timeout 7h -v -run '^TestUpstreamStorage$$' ./test/e2e/kubernetes/ 2>&1 \
+	  $(E2E_RUN) -test.timeout 7h -test.run '^TestUpstreamStorage$$' 2>&1 \
 	  | tee _output/e2e-upstream.log | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
 
-test: deps lint unit integration sanity walkthrough image e2e
+# On a cold machine the e2e's tools take about half an hour to build: that
+# build starts first, in the background at the lowest CPU priority, and
+# takes what the Ceph-bound tests before the e2e leave idle; e2e-prep's own
+# build-tools.sh then waits for it (one builder per cache key) and finds the
+# cache, or builds what is missing. Warm, it finds the cache at once.
+e2e-tools-early: deps
+	@mkdir -p _output
+	@GOFLAGS= nohup nice -n 19 test/e2e/kubernetes/build-tools.sh >_output/build-tools.log 2>&1 </dev/null &
+
+test: deps e2e-tools-early lint unit integration sanity walkthrough image e2e
 
 clean:
 	-test/ceph-cluster.sh stop-all

@@ -7,6 +7,7 @@
 #
 #   deploy/image.sh OUT.tar [TAG]     OCI archive of TAG (default localhost/basalt-csi:dev)
 #   deploy/image.sh scratch OUT.tar NAME ENTRYPOINT-JSON FILES...   (below)
+#   deploy/image.sh debian OUT.tar NAME        the Debian base, named NAME
 #
 # The bases are cached by what they are made of (Debian suite and sources,
 # the Go version), in $BASALT_IMAGE_CACHE (default ~/.cache/basalt-images).
@@ -94,6 +95,18 @@ if [ ! -f "$base" ]; then
     "$suite" "$tmp/rootfs.tar" "$sources"
   oci_archive "$tmp/rootfs.tar" "debian:$suite" "$base"
   rm -rf "$tmp"
+fi
+
+# deploy/image.sh debian OUT.tar NAME: that base under another name (the
+# Kubernetes e2e's stand-in for images of a GNU userland).
+if [ "$out" = debian ]; then
+  dest=${2:?} name=${3:?}
+  d=$(mktemp -d)
+  tar -C "$d" -xf "$base"
+  layer=$(sed -n 's/.*"layers":\[{[^}]*"digest":"sha256:\([0-9a-f]*\)".*/\1/p' "$d/blobs/sha256/$(sed -n 's/.*"digest":"sha256:\([0-9a-f]*\)".*/\1/p' "$d/index.json")")
+  oci_archive "$d/blobs/sha256/$layer" "$name" "$dest"
+  rm -rf "$d"
+  exit 0
 fi
 
 # The same plus this host's Go (golang:1.26-bookworm's role); GOPATH /go as

@@ -10,9 +10,10 @@ import (
 	"github.com/basalt-csi/basalt/pkg/scheduler"
 )
 
-// MetaExpanded marks an image that ControllerExpandVolume grew: its
-// filesystem may be smaller than the device, even for a volume created
-// blank, so the node grows it at stage (publish context "expanded").
+// MetaExpanded records on an image the size ControllerExpandVolume last
+// grew it to, for operators (`rbd image-meta list`). The node needs no such
+// hint: it checks every mount volume's filesystem against its device at
+// stage.
 const MetaExpanded = "basalt.expanded"
 
 // Expand grows a volume's image to at least required bytes (at most limit,

@@ -10,7 +10,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/basalt-csi/basalt/pkg/access"
-	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/failpoint"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
@@ -26,9 +25,6 @@ const (
 	PubImage        = "image"
 	PubClusterID    = "clusterID"
 	PubMonitors     = "monitors"
-	// PubExpanded is "true" for a volume ControllerExpandVolume grew: the
-	// node then grows its filesystem at stage even if it was created blank.
-	PubExpanded = "expanded"
 )
 
 // PublishRequest is a validated ControllerPublishVolume.
@@ -47,7 +43,7 @@ const casRetries = 10
 // begin_attach/finish_attach do, enforcing access modes and the node's
 // attach limit. It is idempotent.
 func (p *Provisioner) Publish(ctx context.Context, req PublishRequest) (map[string]string, error) {
-	id, bname, info, err := p.Stat(ctx, req.VolumeID)
+	id, bname, _, err := p.Stat(ctx, req.VolumeID)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +76,7 @@ func (p *Provisioner) Publish(ctx context.Context, req PublishRequest) (map[stri
 			if err := reg.IndexAttachment(ctx, cur); err != nil {
 				return nil, classify(err, "indexing the attachment")
 			}
-			return p.publishContext(id, bname, info, cur), nil
+			return p.publishContext(id, bname, cur), nil
 		}
 		var ce *access.ConflictError
 		if err := access.Check(atts.Plain(), want); errors.As(err, &ce) {
@@ -105,7 +101,7 @@ func (p *Provisioner) Publish(ctx context.Context, req PublishRequest) (map[stri
 		err = reg.SaveAttachments(ctx, id.UUID, atts)
 		if err == nil {
 			p.Log.Info("volume published", "volume", req.VolumeID, "node", req.NodeID, "mode", want.Mode, "accessMode", want.AccessMode, "attachment", rec.ID)
-			return p.publishContext(id, bname, info, rec), nil
+			return p.publishContext(id, bname, rec), nil
 		}
 		if uerr := reg.UnindexAttachment(context.WithoutCancel(ctx), req.NodeID, req.VolumeID); uerr != nil {
 			p.Log.Error("could not drop the index entry of a lost publish", "error", uerr)
@@ -132,16 +128,13 @@ func countOthers(recs []records.AttachmentRecord, volumeID string) int {
 	return n
 }
 
-func (p *Provisioner) publishContext(id volumeid.ID, bname string, info backend.ImageInfo, r records.AttachmentRecord) map[string]string {
+func (p *Provisioner) publishContext(id volumeid.ID, bname string, r records.AttachmentRecord) map[string]string {
 	pc := map[string]string{
 		PubAttachmentID: r.ID,
 		PubMode:         r.Mode,
 		PubBackend:      bname,
 		PubImage:        id.ImageName(),
 		PubClusterID:    id.FSID,
-	}
-	if info.Metadata[MetaExpanded] != "" {
-		pc[PubExpanded] = "true"
 	}
 	if cl, b, err := p.Backends.Get(bname); err == nil {
 		pc[PubPool] = b.Pool

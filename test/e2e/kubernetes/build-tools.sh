@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (once, cached by version) every binary the real-Kubernetes e2e test
 # needs: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
-# kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer,
+# kube-proxy, kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer,
 # snapshot-controller (with the snapshot CRDs), containerd (with its runc
 # shim, ctr and crictl), this repository's registrar and livenessprobe, and the
 # upstream storage suite: e2e.test (`go test -c` of k8s.io/kubernetes/test/e2e)
@@ -10,7 +10,8 @@
 #
 # Cache: ${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}/<key>/bin, where <key>
 # encodes every pinned version plus a hash of the tools module
-# (test/e2e/kubernetes/tools: go.mod, go.sum, *.go). If every binary is
+# (test/e2e/kubernetes/tools: go.mod, go.sum, *.go) and of the list of
+# binaries. If every binary is
 # there already, nothing is built. Progress goes to stderr; the last line of
 # stdout is BIN=<absolute bin dir>, for `eval "$(build-tools.sh | tail -n1)"`.
 #
@@ -33,7 +34,7 @@ CTRD_MOD=github.com/containerd/containerd/v2
 CTRD_VERSION=v2.4.2           # Kubernetes >= 1.36 needs containerd 2.x; Debian 12 has 1.6
 CRICTL_MOD=sigs.k8s.io/cri-tools
 CRICTL_VERSION=v1.37.0        # crictl: the CRI's view of the containers (v1.35.0 is not served)
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
 	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller csi-resizer
 	containerd containerd-shim-runc-v2 ctr crictl registrar livenessprobe e2e.test ginkgo agnhost)
 
@@ -42,10 +43,12 @@ TOOLS_DIR=$SCRIPT_DIR/tools
 
 log() { printf '%s build-tools: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-tools_hash() {
-	(cd "$TOOLS_DIR" &&
+tools_hash() { # the tools module and the list of binaries
+	(cd "$TOOLS_DIR" && {
 		find . \( -name go.mod -o -name go.sum -o -name '*.go' \) -type f -print0 |
-		LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
+			LC_ALL=C sort -z | xargs -0 sha256sum
+		echo "${BINARIES[*]}"
+	} | sha256sum | cut -c1-12)
 }
 
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_prov-${PROV_VERSION}_att-${ATT_VERSION}_snap-${SNAP_VERSION}_rsz-${RSZ_VERSION}_ctrd-${CTRD_VERSION}_crictl-${CRICTL_VERSION}_tools-$(tools_hash)"
@@ -152,7 +155,8 @@ T0=$SECONDS
 log "building $KEY into $BIN (cold Go build cache: ~14 min, ~2 GB RAM; warm: ~35 s)"
 step kubernetes build_tools_module "$WORK/bin/" \
 	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl
+	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
+	k8s.io/kubernetes/cmd/kubectl
 step e2e.test env -C "$TOOLS_DIR" "${TESTBUILD[@]}" -ldflags "-s -w$(ver_flags "$K8S_VERSION")" \
 	-o "$WORK/bin/e2e.test" k8s.io/kubernetes/test/e2e
 step agnhost build_tools_module "$WORK/bin/" k8s.io/kubernetes/test/images/agnhost github.com/onsi/ginkgo/v2/ginkgo

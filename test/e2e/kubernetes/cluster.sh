@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# A real Kubernetes on 127.0.0.1 for Basalt's end-to-end test: etcd,
-# kube-apiserver, kube-controller-manager, kube-scheduler, a kubelet on
-# containerd + runc (real containers), and Basalt deployed as users deploy
-# it: deploy/kubernetes applied with kustomize, its controller Deployment
-# and node DaemonSet running as pods of the images `make image` and
-# images.sh-style scratch images of the sidecars built from their modules.
+# A real one-node Kubernetes for Basalt's end-to-end test: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, a
+# kubelet on containerd + runc (real containers), and Basalt deployed as
+# users deploy it: deploy/kubernetes applied with kustomize, unchanged but
+# for the image names and this cluster's configuration, its controller
+# Deployment and node DaemonSet running as pods of the images `make image`
+# and images.sh-style scratch images of the sidecars built from their modules.
 #
-# Run it in a private mount namespace (the Makefile's e2e target does): the
-# kubelet's and containerd's mounts then vanish with it.
+# Run it in private mount, PID and network namespaces (the Makefile's e2e
+# target does): the kubelet's and containerd's mounts, the pod network, the
+# node's address and kube-proxy's iptables rules then vanish with them.
 #
+#   cluster.sh net     (first, in the new network namespace: loopback up, and
+#                       the node's address NODE_IP on a bridge of its own; start
+#                       Ceph on that address, BASALT_CEPH_ADDR, so pods reach it)
 #   cluster.sh start   (needs BIN=<tools dir> from build-tools.sh, and CEPH_CONF,
 #                       CEPH_KEYRING of a running Ceph cluster with pools volumes-a,
 #                       volumes-b and images)
@@ -21,6 +26,13 @@ ROOT=$(cd "$HERE/../../.." && pwd)
 E2E=${E2E:-$ROOT/_output/e2e}
 NODE=${E2E_NODE:-e2e-node}
 ZONE=zone-a
+# The network, all inside the test's own network namespace: the node's
+# address (on the bridge basalt-node0; the kubelet refuses a loopback node
+# IP), the pod network (the CNI bridge basalt-e2e0, whose gateway is the
+# node) and the Service network (kube-proxy's iptables rules).
+NODE_IP=10.244.76.1
+POD_CIDR=10.244.77.0/24
+SERVICE_CIDR=10.0.0.0/24
 NS=basalt-system
 DRIVER=rbd.basalt.dev
 # The kubelet's and the node plugin's directories are where deploy/kubernetes
@@ -60,7 +72,7 @@ certs() {
 distinguished_name = dn
 [dn]
 [ext]
-subjectAltName = IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1
+subjectAltName = IP:127.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1
 extendedKeyUsage = serverAuth,clientAuth
 CNF
   openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
@@ -123,7 +135,7 @@ YAML
 }
 
 # The binds this test makes in its mount namespace: $E2E/NAME over PATH.
-BINDS=(kubelet:$KUBELET_ROOT node-state:$NODE_STATE var-log-containers:/var/log/containers hosts:/etc/hosts)
+BINDS=(kubelet:$KUBELET_ROOT node-state:$NODE_STATE var-log-containers:/var/log/containers)
 # ours NAME:PATH: is PATH (still) our bind of $E2E/NAME?
 ours() {
   local root
@@ -162,15 +174,17 @@ images() {
   # The upstream storage suite's images, under the names e2e.test v1.36.3
   # asks for (test/utils/image/manifest.go): agnhost built from the same
   # Kubernetes module, on busybox for the shell tools its helper pods run
-  # (sh, nsenter, find); busybox for the images of which the suite runs only
-  # a shell command (nginx in the exec test, glibc-dns-testing in the
-  # multi-pod tests).
+  # (sh, nsenter, find); busybox for the image of which the suite runs only
+  # a shell command (nginx in the exec test); Debian's minbase for
+  # glibc-dns-testing, which the multi-pod tests pick for its GNU userland
+  # (they write with `dd oflag=nocache`, which BusyBox's dd refuses).
   local e2eimg=registry.k8s.io/e2e-test-images
   ln -sf agnhost "$E2E/busybox/agnhost-2"
   "$ROOT/deploy/image.sh" scratch "$d/agnhost.tar" $e2eimg/agnhost:2.63.0 '["/agnhost"]' \
     "tree:$E2E/busybox" "$BIN/agnhost:/agnhost"
   rm "$E2E/busybox/agnhost-2"
-  for ref in $e2eimg/busybox:1.37.0-1 $e2eimg/nginx:1.15-4 $e2eimg/glibc-dns-testing:2.0.0; do
+  "$ROOT/deploy/image.sh" debian "$d/e2e-glibc-dns-testing.tar" $e2eimg/glibc-dns-testing:2.0.0
+  for ref in $e2eimg/busybox:1.37.0-1 $e2eimg/nginx:1.15-4; do
     name=${ref##*/} && name=${name%%:*}
     "$ROOT/deploy/image.sh" scratch "$d/e2e-$name.tar" "$ref" '' "tree:$E2E/busybox"
   done
@@ -192,13 +206,14 @@ containerd_start() {
     -e "s|conf_dir = '/etc/cni/net.d'|conf_dir = '$E2E/cni/conf'|" \
     -e "s|^            Root = ''|            Root = '$c/runc'|" \
     -e "/\[plugins.'io.containerd.nri.v1.nri'\]/{n;s/disable = false/disable = true/}" >"$c/config.toml"
-  # A bridge without a gateway or masquerading: pods get a network namespace
-  # and an address, and no iptables rule is written. Basalt's pods use the
-  # host's network (they reach Ceph on 127.0.0.1).
+  # A bridge whose gateway is the node (its namespace): pods reach the API
+  # server (through kube-proxy's Service rules) and Ceph on NODE_IP, and the
+  # kubelet reaches their probes. No masquerading: nothing leaves.
   cat >"$E2E/cni/conf/10-basalt-e2e.conflist" <<JSON
 {"cniVersion": "1.0.0", "name": "basalt-e2e", "plugins": [
-  {"type": "bridge", "bridge": "basalt-e2e0", "isGateway": false, "ipMasq": false,
-   "ipam": {"type": "host-local", "dataDir": "$E2E/cni/ipam", "ranges": [[{"subnet": "10.244.77.0/24"}]]}},
+  {"type": "bridge", "bridge": "basalt-e2e0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "dataDir": "$E2E/cni/ipam", "ranges": [[{"subnet": "$POD_CIDR"}]],
+            "routes": [{"dst": "0.0.0.0/0"}]}},
   {"type": "loopback"}]}
 JSON
   start_bg containerd env PATH="$BIN:$PATH" "$BIN/containerd" --config "$c/config.toml"
@@ -208,11 +223,9 @@ JSON
   done
 }
 
-# deploy_basalt: deploy/kubernetes through an overlay that changes only what
-# this machine needs: the images (the local ones), the configuration (this
-# cluster's Ceph and keys), one controller replica on the host network (Ceph
-# listens on 127.0.0.1; one node), the API server and probes on 127.0.0.1,
-# and nothing else: the kubelet and state directories are the shipped ones.
+# deploy_basalt: deploy/kubernetes through an overlay that changes only the
+# images (the local ones) and the configuration (this cluster's Ceph and
+# keys, as every user writes their own), and nothing else.
 deploy_basalt() {
   local o=$E2E/deploy ref name
   mkdir -p "$o"
@@ -227,7 +240,7 @@ deploy_basalt() {
       name=${ref##*/}
       echo "  - {name: $ref, newName: localhost/$name}"
     done
-    echo "patches: [{path: config.yaml}, {path: e2e.yaml}]"
+    echo "patches: [{path: config.yaml}]"
   } >"$o/kustomization.yaml"
   {
     cat <<YAML
@@ -264,46 +277,30 @@ stringData:
 $(sed 's/^/    /' "$E2E/users/ceph.client.basalt-node.keyring")
 YAML
   } >"$o/config.yaml"
-  # In-cluster API access goes to 127.0.0.1:6443 (there is no kube-proxy to
-  # make the kubernetes Service's address work), and probes to 127.0.0.1
-  # (hostNetwork pods; the node's own address is not loopback here).
-  local apienv="env: [{name: KUBERNETES_SERVICE_HOST, value: 127.0.0.1}, {name: KUBERNETES_SERVICE_PORT, value: \"6443\"}]"
-  {
-    cat <<YAML
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: basalt-controller, namespace: $NS}
-spec:
-  replicas: 1
-  template:
-    spec:
-      hostNetwork: true
-      dnsPolicy: ClusterFirstWithHostNet
-      containers:
-YAML
-    for name in basalt-csi csi-provisioner csi-attacher csi-snapshotter csi-resizer liveness-probe; do
-      echo "        - {name: $name, $apienv}"
-    done
-    cat <<YAML
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: basalt-node, namespace: $NS}
-spec:
-  template:
-    spec:
-      containers:
-YAML
-    for name in basalt-csi node-driver-registrar liveness-probe; do
-      echo "        - {name: $name, $apienv}"
-    done
-  } >"$o/e2e.yaml"
-  kc kustomize "$o" | sed -e 's/^\( *\)httpGet:$/&\n\1  host: 127.0.0.1/' >"$o/rendered.yaml"
+  kc kustomize "$o" >"$o/rendered.yaml"
   kc apply -f "$o/rendered.yaml" >"$E2E/logs/apply.log"
+}
+
+# cmd_net: the node's network, in a network namespace of the test's own
+# (refused anywhere else: it would add a bridge to the host).
+cmd_net() {
+  local other
+  other=$(ip -o link show | awk -F': ' '{print $2}' | grep -vx -e lo -e basalt-node0 || true)
+  [ -z "$other" ] || { log "not in a private network namespace (it has: $(echo $other)); run: make e2e"; return 1; }
+  ip link set lo up
+  ip link show basalt-node0 >/dev/null 2>&1 || ip link add basalt-node0 type bridge
+  ip addr replace "$NODE_IP/24" dev basalt-node0
+  ip link set basalt-node0 up
+  # A route to the Services' ClusterIPs, as a real node's default route
+  # gives one: the kernel picks a route before kube-proxy's rules rewrite
+  # the destination, so without one the host-network pods' calls fail.
+  ip route replace "$SERVICE_CIDR" dev basalt-node0
+  echo "NODE_IP=$NODE_IP"
 }
 
 cmd_start() {
   : "${BIN:?BIN must point at the tools built by build-tools.sh}"
+  ip -o addr show basalt-node0 2>/dev/null | grep -qF " $NODE_IP/" || { log "no $NODE_IP here: run cluster.sh net first"; return 1; }
   : "${CEPH_CONF:?}" "${CEPH_KEYRING:?}"
   cmd_stop
   # A fresh cluster every time: stale objects in etcd would describe volumes
@@ -313,15 +310,10 @@ cmd_start() {
   certs
   # The kubelet and node plugin directories of deploy/kubernetes, private to
   # this mount namespace, and shared mounts (Bidirectional propagation needs
-  # them so); /var/log/containers, which the kubelet insists on writing; and
-  # /etc/hosts: kubectl exec and logs (the upstream suite uses them) go from
-  # the API server to the kubelet at an address of the node, the host's own
-  # (the kubelet refuses a loopback node IP) or its Hostname, which this
-  # copy maps to 127.0.0.1 and the API server prefers.
-  { cat /etc/hosts; echo "127.0.0.1 $NODE"; } >"$E2E/hosts"
+  # them so); /var/log/containers, which the kubelet insists on writing.
   local b
   for b in "${BINDS[@]}"; do
-    [ "${b%%:*}" = hosts ] || mkdir -p "$E2E/${b%%:*}" "${b#*:}"
+    mkdir -p "$E2E/${b%%:*}" "${b#*:}"
     mount --bind "$E2E/${b%%:*}" "${b#*:}"
   done
   mount --make-rshared "$KUBELET_ROOT" && mount --make-rshared "$NODE_STATE"
@@ -334,12 +326,12 @@ cmd_start() {
     --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster default=http://127.0.0.1:2380 --name default
   wait_for etcd 30 curl -sf http://127.0.0.1:2379/health
   start_bg kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port 6443 \
+    --bind-address 0.0.0.0 --advertise-address "$NODE_IP" --secure-port 6443 \
     --tls-cert-file "$E2E/pki/apiserver.crt" --tls-private-key-file "$E2E/pki/apiserver.key" \
     --client-ca-file "$E2E/pki/ca.crt" --service-account-key-file "$E2E/pki/sa.pub" \
     --service-account-signing-key-file "$E2E/pki/sa.key" --service-account-issuer https://kubernetes.default.svc \
-    --service-cluster-ip-range 10.0.0.0/24 --authorization-mode Node,RBAC --endpoint-reconciler-type none \
-    --allow-privileged=true --kubelet-preferred-address-types Hostname
+    --service-cluster-ip-range "$SERVICE_CIDR" --authorization-mode Node,RBAC \
+    --allow-privileged=true --kubelet-preferred-address-types InternalIP
   wait_for kube-apiserver 60 kc get --raw /readyz
 
   log "kube-controller-manager, kube-scheduler"
@@ -359,7 +351,7 @@ cmd_start() {
   cat >"$E2E/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: $NODE_IP
 port: 10250
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
@@ -373,7 +365,6 @@ authentication: {anonymous: {enabled: true}, webhook: {enabled: false}}
 authorization: {mode: AlwaysAllow}
 resolvConf: ""
 containerRuntimeEndpoint: unix://$E2E/containerd/containerd.sock
-makeIPTablesUtilChains: false
 podLogsDir: $E2E/pod-logs
 syncFrequency: 5s
 fileCheckFrequency: 5s
@@ -386,9 +377,28 @@ YAML
   # The node's zone label is where the node plugin takes its zone from
   # (--zone-from-node-label), as the DaemonSet of deploy/kubernetes does.
   (cd "$E2E/scratch" && start_bg kubelet "$BIN/kubelet" --kubeconfig "$E2E/admin.kubeconfig" \
-    --config "$E2E/kubelet.yaml" --root-dir "$KUBELET_ROOT" --hostname-override "$NODE" \
+    --config "$E2E/kubelet.yaml" --root-dir "$KUBELET_ROOT" --hostname-override "$NODE" --node-ip "$NODE_IP" \
     --node-labels "topology.kubernetes.io/zone=$ZONE" --v 2)
   wait_for "node $NODE Ready" 90 sh -c "'$BIN/kubectl' --kubeconfig '$E2E/admin.kubeconfig' get node $NODE -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
+
+  # kube-proxy makes the Services work, the kubernetes one first: pods reach
+  # the API server at its ClusterIP, as in every cluster. conntrack: leave
+  # the kernel's (global) settings alone.
+  log "kube-proxy (iptables, in this network namespace)"
+  cat >"$E2E/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $E2E/admin.kubeconfig}
+hostnameOverride: $NODE
+mode: iptables
+clusterCIDR: $POD_CIDR
+bindAddress: $NODE_IP
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+YAML
+  start_bg kube-proxy "$BIN/kube-proxy" --config "$E2E/kube-proxy.yaml" --v 2
+  wait_for "kube-proxy healthy" 60 curl -sf http://127.0.0.1:10256/healthz
 
   log "snapshot CRDs and snapshot-controller (external-snapshotter, the cluster's part)"
   kc apply --server-side -f "$BIN/crd" >"$E2E/logs/apply-crds.log"
@@ -435,7 +445,7 @@ cmd_stop() {
       timeout 20 "${ctr[@]}" containers delete "$name" >/dev/null 2>&1 || true
     done
   fi
-  for name in containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$name"; done
+  for name in containerd kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$name"; done
   # What a failed run may leave: rbd-fuse daemons of the node plugin (ended
   # by PID, found by their mount point under the state directory and their
   # mount namespace, ours), the kubelet's, containerd's and our own mounts,
@@ -457,27 +467,15 @@ cmd_stop() {
   { grep -F " $E2E/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   # Made for the binds above, if nothing else uses them.
   rmdir "$KUBELET_ROOT" "$NODE_STATE" /var/log/containers 2>/dev/null || true
-  ip link del basalt-e2e0 2>/dev/null || true
   # containerd's cgroups (its CRI parent, /k8s.io, in every hierarchy; only
-  # empty ones can go) and the kubelet's iptables chains: it always makes
-  # its canary and hint chains when iptables is installed (buildah pulls it
-  # in), and KUBE-FIREWALL with makeIPTablesUtilChains (off here).
+  # empty ones can go): cgroups are the one thing not in our namespaces. The
+  # bridges and kube-proxy's and the kubelet's iptables chains go with the
+  # network namespace.
   local cg
   for cg in /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/k8s.io; do
     [ -d "$cg" ] || continue
     find "$cg" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null || true
     rmdir "$cg" 2>/dev/null || true
-  done
-  local ipt t chain
-  for ipt in iptables ip6tables; do
-    command -v "$ipt" >/dev/null || continue
-    "$ipt" -D INPUT -j KUBE-FIREWALL 2>/dev/null || true
-    "$ipt" -D OUTPUT -j KUBE-FIREWALL 2>/dev/null || true
-    for t in filter nat mangle; do
-      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
-        "$ipt" -t "$t" -F "$chain" 2>/dev/null && "$ipt" -t "$t" -X "$chain" 2>/dev/null || true
-      done
-    done
   done
 }
 
@@ -494,10 +492,11 @@ stop_pid() { # stop_pid NAME: TERM, then KILL, the process we started as NAME
 }
 
 case "${1:-}" in
+net) cmd_net ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
 *)
-  echo "usage: $0 start|stop" >&2
+  echo "usage: $0 net|start|stop" >&2
   exit 2
   ;;
 esac

@@ -64,8 +64,17 @@ func run(m *testing.M) int {
 	}
 	parseEnv(out)
 	fmt.Fprintf(os.Stderr, "e2e: tools ready in %v (%s)\n", time.Since(start).Round(time.Second), env["BIN"])
+	// The node's network first: Ceph listens on the node's address, where the
+	// controller's pods (on the pod network) reach it.
+	k8s := filepath.Join(repoRoot, "test/e2e/kubernetes/cluster.sh")
+	out, err = sh(ctx, nil, k8s, "net")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	parseEnv(out)
 	cluster := filepath.Join(repoRoot, "test/ceph-cluster.sh")
-	out, err = sh(ctx, nil, cluster, "start", "e2e")
+	out, err = sh(ctx, []string{"BASALT_CEPH_ADDR=" + env["NODE_IP"]}, cluster, "start", "e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -82,7 +91,6 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	k8s := filepath.Join(repoRoot, "test/e2e/kubernetes/cluster.sh")
 	out, err = sh(ctx, []string{"BIN=" + env["BIN"], "CEPH_CONF=" + env["CEPH_CONF"], "CEPH_KEYRING=" + env["CEPH_KEYRING"]}, k8s, "start")
 	defer func() { _, _ = sh(context.Background(), []string{"BIN=" + env["BIN"]}, k8s, "stop") }()
 	if err != nil {

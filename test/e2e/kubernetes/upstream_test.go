@@ -73,7 +73,7 @@ func TestUpstreamStorage(t *testing.T) {
 	defer cancel()
 	procs := os.Getenv("BASALT_UPSTREAM_PROCS")
 	if procs == "" {
-		procs = "3" // most of a spec is waiting for pods and volumes
+		procs = "4" // most of a spec is waiting for pods and volumes
 	}
 	// The ginkgo runner (same version as e2e.test's library) runs the
 	// specs in PROCS processes, [Serial] ones alone at the end.
