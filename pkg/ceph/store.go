@@ -15,8 +15,11 @@ import (
 // recordsNamespace keeps Basalt's records apart from RBD's own objects.
 const recordsNamespace = "basalt"
 
-// maxRecord bounds a record object; records are small JSON documents.
-const maxRecord = 1 << 20
+// firstRead is the buffer a record read starts with: records are small JSON
+// documents (an index of names lives in omap, not in a record), so one read
+// of this size returns nearly all of them whole. A larger record costs a
+// stat and a read of its exact size; none is ever truncated.
+const firstRead = 16 << 10
 
 // recordsIoctx opens a private IOContext: GetLastVersion reports the last
 // operation of an IOContext, so sharing one between goroutines would mix up
@@ -69,19 +72,32 @@ type versioned struct {
 // Get implements records.Store.
 func (c *Conn) Get(ctx context.Context, oid string) ([]byte, uint64, error) {
 	r, err := inRecords(ctx, c, "reading", oid, func(ioctx *rados.IOContext) (versioned, error) {
-		buf := make([]byte, maxRecord)
-		n, err := ioctx.Read(oid, buf, 0)
-		if err != nil {
-			return versioned{}, err
-		}
-		if n == 0 {
-			// A zero-length object is one being created: treat as absent.
-			if _, err := ioctx.Stat(oid); err != nil {
+		size := firstRead
+		for {
+			buf := make([]byte, size)
+			n, err := ioctx.Read(oid, buf, 0)
+			if err != nil {
 				return versioned{}, err
 			}
+			if n == 0 {
+				// A zero-length object is one being created: treat as absent.
+				if _, err := ioctx.Stat(oid); err != nil {
+					return versioned{}, err
+				}
+			}
+			if n < len(buf) { // the whole object: the version is this read's
+				ver, err := ioctx.GetLastVersion()
+				return versioned{buf[:n], ver}, err
+			}
+			// The buffer was filled: learn the size and read it all, one
+			// byte more so that a full read proves the end was reached (an
+			// object that grew meanwhile goes round again).
+			st, err := ioctx.Stat(oid)
+			if err != nil {
+				return versioned{}, err
+			}
+			size = int(st.Size) + 1
 		}
-		ver, err := ioctx.GetLastVersion()
-		return versioned{buf[:n], ver}, err
 	})
 	return r.data, r.ver, err
 }
