@@ -267,7 +267,9 @@ func (c *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 }
 
 // ListVolumes implements csi.ControllerServer. The starting token is the last
-// volume ID of the previous page; each page costs one omap read of its size.
+// volume ID of the previous page; a page costs one omap read of its size and
+// one read of the attachment index (per 500 attachments), never a read per
+// volume.
 func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
 		return nil, invalid("max_entries must not be negative")
@@ -290,19 +292,22 @@ func (c *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 		return nil, status.Errorf(codes.Internal, "listing volumes: %v", err)
 	}
 	resp := &csi.ListVolumesResponse{NextToken: next}
+	if len(page) == 0 {
+		return resp, nil
+	}
+	published, err := c.Prov.PublishedNodesByVolume(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	for _, e := range page {
 		id, err := volumeid.Parse(e.VolumeID)
 		if err != nil {
 			c.Log.Warn("skipping a malformed index entry", "key", e.VolumeID)
 			continue
 		}
-		nodes, err := c.Prov.PublishedNodes(ctx, e.VolumeID)
-		if err != nil {
-			return nil, toStatus(err)
-		}
 		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{
 			Volume: c.csiVolume(id, e.Backend, e.Zone, e.SizeBytes, e.Source),
-			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: nodes},
+			Status: &csi.ListVolumesResponse_VolumeStatus{PublishedNodeIds: published[e.VolumeID]},
 		})
 	}
 	return resp, nil
