@@ -15,21 +15,32 @@
 # there already, nothing is built. Progress goes to stderr; the last line of
 # stdout is BIN=<absolute bin dir>, for `eval "$(build-tools.sh | tail -n1)"`.
 #
+# Two parts, each with its own lock: `build-tools.sh cluster` builds what
+# the cluster and Basalt's own e2e tests run; `build-tools.sh suite` (after
+# the cluster part) adds e2e.test and ginkgo, which only TestUpstreamStorage,
+# the last test, needs. `make e2e` waits for the first and builds the second
+# in the background while its own tests run: on a cold machine that takes
+# the suite's build (~7 min) off the critical path. No argument: both.
+#
 # See docs in /work/shared/design/kubernetes-e2e.md for why it is built this
 # way (restricted module proxy, replace blocks, version ldflags).
 set -euo pipefail
 
+PART=${1:-all}
+case $PART in cluster | suite | all) ;; *) echo "usage: $0 [cluster|suite|all]" >&2; exit 2 ;; esac
+
 K8S_VERSION=v1.36.3           # k8s.io/kubernetes; staging modules at v0.36.3 (tools/go.mod)
 ETCD_VERSION=v3.6.8           # go.etcd.io/etcd/server/v3 (tools/go.mod)
-PROV_MOD=github.com/kubernetes-csi/external-provisioner/v6
-PROV_VERSION=v6.3.0           # v6.4.0 cannot be built from this proxy
-ATT_MOD=github.com/kubernetes-csi/external-attacher/v4
-ATT_VERSION=v4.13.0
-SNAP_MOD=github.com/kubernetes-csi/external-snapshotter/v8
+# The CSI sidecars are required by the tools module too (tools/sidecars.go),
+# so they are built against the same staging modules and dependencies as
+# Kubernetes: one compile of client-go, grpc and the rest serves them all
+# (each built from its own module, they took ~17 min of a cold build). Their
+# versions are the ones for Kubernetes 1.36 (client-go v0.36.x).
+PROV_VERSION=v6.3.0           # external-provisioner/v6; v6.4.0 cannot be built from this proxy
+ATT_VERSION=v4.12.0           # external-attacher/v4; v4.13.0 is built on Kubernetes 1.37's libraries
 SNAP_CLIENT_MOD=github.com/kubernetes-csi/external-snapshotter/client/v8
 SNAP_VERSION=v8.6.0           # csi-snapshotter, snapshot-controller and the CRDs
-RSZ_MOD=github.com/kubernetes-csi/external-resizer/v2
-RSZ_VERSION=v2.2.0            # v2.2.1 is not served by this proxy
+RSZ_VERSION=v2.2.0            # external-resizer/v2; v2.2.1 is not served by this proxy
 CTRD_MOD=github.com/containerd/containerd/v2
 CTRD_VERSION=v2.4.2           # Kubernetes >= 1.36 needs containerd 2.x; Debian 12 has 1.6
 CRICTL_MOD=sigs.k8s.io/cri-tools
@@ -37,6 +48,7 @@ CRICTL_VERSION=v1.37.0        # crictl: the CRI's view of the containers (v1.35.
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
 	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller csi-resizer
 	containerd containerd-shim-runc-v2 ctr crictl registrar livenessprobe e2e.test ginkgo agnhost)
+SUITE=(e2e.test ginkgo) # the rest is the cluster part
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOOLS_DIR=$SCRIPT_DIR/tools
@@ -57,43 +69,49 @@ mkdir -p "$CACHE_ROOT"
 CACHE_ROOT=$(cd "$CACHE_ROOT" && pwd)
 BIN=$CACHE_ROOT/$KEY/bin
 
-complete() {
+has() { # has BINARY...: all of them are in the cache
+	local b
+	for b in "$@"; do
+		[[ -x $BIN/$b ]] || return 1
+	done
+}
+cluster_complete() {
 	local b
 	for b in "${BINARIES[@]}"; do
-		[[ -x $BIN/$b ]] || return 1
+		[[ " ${SUITE[*]} " == *" $b "* ]] || has "$b" || return 1
 	done
 	[[ -f $BIN/crd/snapshot.storage.k8s.io_volumesnapshots.yaml ]]
 }
+suite_complete() { has "${SUITE[@]}"; }
 
-if complete; then
-	echo "BIN=$BIN"
-	exit 0
-fi
+# lock NAME: one builder of a part per key at a time; a second caller waits
+# (fd 9 for the cluster part, 8 for the suite) and then finds the cache.
+lock() {
+	local fd=$1 name=$2
+	eval "exec $fd>\"\$CACHE_ROOT/.\$KEY.$name.lock\""
+	if ! flock -n "$fd"; then
+		log "another build of the $name part of $KEY is running; waiting for it"
+		flock "$fd"
+	fi
+}
 
-# One builder per key at a time; a second caller waits and then finds the cache.
-exec 9>"$CACHE_ROOT/.$KEY.lock"
-if ! flock -n 9; then
-	log "another build of $KEY is running; waiting for it"
-	flock 9
-fi
-if complete; then
-	echo "BIN=$BIN"
-	exit 0
-fi
-
-rm -rf "$CACHE_ROOT/.$KEY.tmp."* # left by a killed build; we hold the lock
-WORK=$(mktemp -d "$CACHE_ROOT/.$KEY.tmp.XXXXXX")
 # Each build runs as a background job in its own process group (set -m), so a
 # signal to this script stops the go build it started, and the EXIT trap
-# removes the half-built work dir: nothing is moved into the cache unless
-# every binary was built.
+# removes the half-built work dirs: nothing is moved into the cache unless
+# every binary of the part was built.
 set -m
 CHILD=
+WORKS=()
 stop_child() { [[ -z $CHILD ]] || kill -TERM -- "-$CHILD" 2>/dev/null || true; }
-trap 'rm -rf "$WORK"' EXIT
+trap 'rm -rf "${WORKS[@]}"' EXIT
 trap 'stop_child; exit 130' INT
 trap 'stop_child; exit 143' TERM
-mkdir -p "$WORK/bin" "$WORK/src"
+new_work() { # new_work NAME: a fresh work dir for a part (we hold its lock)
+	rm -rf "$CACHE_ROOT/.$KEY.$1.tmp."* # left by a killed build
+	WORK=$(mktemp -d "$CACHE_ROOT/.$KEY.$1.tmp.XXXXXX")
+	WORKS+=("$WORK")
+	mkdir -p "$WORK/bin"
+}
 
 # A clean, reproducible Go environment: not the caller's GOFLAGS (the project's
 # Makefile exports -tags=pacific), no workspace, no toolchain downloads.
@@ -126,73 +144,86 @@ step() { # step NAME CMD... : run CMD, record and log its wall time
 	log "built $name in ${TIMES[$name]} s"
 }
 
-build_tools_module() { # build_tools_module OUT PKG...: OUT is a file, or a dir ending in /
-	local out=$1
+build_tools_module() { # build_tools_module OUT [-ldflags-extra FLAGS] PKG...: OUT is a file, or a dir ending in /
+	local out=$1 extra=""
 	shift
-	(cd "$TOOLS_DIR" && "${BUILD[@]}" -ldflags "-s -w$(ver_flags "$K8S_VERSION")" -o "$out" "$@")
-}
-
-# build_sidecar MOD VERSION CMDPKG BINNAME [CLIENTDIR]: build inside a writable
-# copy of the module's source (go install refuses modules with replace
-# directives); CLIENTDIR, if given, becomes its ./client.
-build_sidecar() {
-	local mod=$1 version=$2 pkg=$3 name=$4 dir src
-	dir=$(cd "$WORK" && "$GO" mod download -json "$mod@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-	[[ -n $dir && -d $dir ]] || { log "cannot download $mod@$version"; return 1; }
-	src=$WORK/src/$name
-	cp -R "$dir" "$src"
-	chmod -R u+w "$src"
-	if [[ -n ${5:-} ]]; then # the nested client module a replace points at
-		cp -R "$5" "$src/client"
-		chmod -R u+w "$src/client"
+	if [[ ${1:-} == -ldflags-extra ]]; then
+		extra=" $2"
+		shift 2
 	fi
-	(cd "$src" && GOFLAGS=-mod=mod "${BUILD[@]}" \
-		-ldflags "-s -w -X main.version=$version$(ver_flags "$K8S_VERSION")" \
-		-o "$WORK/bin/$name" "$pkg")
+	(cd "$TOOLS_DIR" && "${BUILD[@]}" -ldflags "-s -w$(ver_flags "$K8S_VERSION")$extra" -o "$out" "$@")
 }
 
-T0=$SECONDS
-log "building $KEY into $BIN (cold Go build cache: ~14 min, ~2 GB RAM; warm: ~35 s)"
-step kubernetes build_tools_module "$WORK/bin/" \
-	k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-	k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
-	k8s.io/kubernetes/cmd/kubectl
-step e2e.test env -C "$TOOLS_DIR" "${TESTBUILD[@]}" -ldflags "-s -w$(ver_flags "$K8S_VERSION")" \
-	-o "$WORK/bin/e2e.test" k8s.io/kubernetes/test/e2e
-step agnhost build_tools_module "$WORK/bin/" k8s.io/kubernetes/test/images/agnhost github.com/onsi/ginkgo/v2/ginkgo
-step etcd build_tools_module "$WORK/bin/etcd" go.etcd.io/etcd/server/v3
-step tools build_tools_module "$WORK/bin/" ./registrar ./livenessprobe
-step containerd env -C "$WORK" GOBIN="$WORK/bin" "$GO" install \
-	"$CTRD_MOD/cmd/containerd@$CTRD_VERSION" "$CTRD_MOD/cmd/containerd-shim-runc-v2@$CTRD_VERSION" "$CTRD_MOD/cmd/ctr@$CTRD_VERSION"
-step crictl env -C "$WORK" GOBIN="$WORK/bin" "$GO" install "$CRICTL_MOD/cmd/crictl@$CRICTL_VERSION"
-step csi-provisioner build_sidecar "$PROV_MOD" "$PROV_VERSION" ./cmd/csi-provisioner csi-provisioner
-step csi-attacher build_sidecar "$ATT_MOD" "$ATT_VERSION" ./cmd/csi-attacher csi-attacher
-step csi-resizer build_sidecar "$RSZ_MOD" "$RSZ_VERSION" ./cmd/csi-resizer csi-resizer
-# external-snapshotter replaces its client module with ./client, which the
-# module zip leaves out: put the client module (same tag) there first. The
-# CRDs come from the client module too.
-snapshotter_client() {
-	local dir
-	dir=$(cd "$WORK" && "$GO" mod download -json "$SNAP_CLIENT_MOD@$SNAP_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-	[[ -n $dir && -d $dir ]] || { log "cannot download $SNAP_CLIENT_MOD@$SNAP_VERSION"; return 1; }
+sidecar() { # sidecar NAME VERSION PKG: a CSI sidecar from the tools module, its version stamped
+	local mod have
+	mod=${3%/cmd/*}
+	have=$(cd "$TOOLS_DIR" && "$GO" list -m -f '{{.Version}}' "$mod")
+	[[ $have == "$2" ]] || { log "tools/go.mod has $mod $have, not $2"; return 1; }
+	build_tools_module "$WORK/bin/$1" -ldflags-extra "-X main.version=$2" "$3"
+}
+
+summary() { # the wall time of each step built
+	local k out=""
+	for k in "$@"; do
+		[[ -z ${TIMES[$k]:-} ]] || out+=" $k=${TIMES[$k]}s"
+	done
+	echo "$out"
+}
+
+build_cluster() {
+	cluster_complete && return
+	lock 9 cluster
+	cluster_complete && return
+	new_work cluster
+	local t0=$SECONDS
+	log "building the cluster part of $KEY into $BIN (cold Go build cache: ~30 min on 2 cores; warm: ~35 s)"
+	step kubernetes build_tools_module "$WORK/bin/" \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
+		k8s.io/kubernetes/cmd/kubectl
+	step csi-provisioner sidecar csi-provisioner "$PROV_VERSION" github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
+	step csi-attacher sidecar csi-attacher "$ATT_VERSION" github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher
+	step csi-resizer sidecar csi-resizer "$RSZ_VERSION" github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
+	step csi-snapshotter sidecar csi-snapshotter "$SNAP_VERSION" github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter
+	step snapshot-controller sidecar snapshot-controller "$SNAP_VERSION" github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
+	step agnhost build_tools_module "$WORK/bin/" k8s.io/kubernetes/test/images/agnhost
+	step etcd build_tools_module "$WORK/bin/etcd" go.etcd.io/etcd/server/v3
+	step tools build_tools_module "$WORK/bin/" ./registrar ./livenessprobe
+	step containerd env -C "$WORK" GOBIN="$WORK/bin" "$GO" install \
+		"$CTRD_MOD/cmd/containerd@$CTRD_VERSION" "$CTRD_MOD/cmd/containerd-shim-runc-v2@$CTRD_VERSION" "$CTRD_MOD/cmd/ctr@$CTRD_VERSION"
+	step crictl env -C "$WORK" GOBIN="$WORK/bin" "$GO" install "$CRICTL_MOD/cmd/crictl@$CRICTL_VERSION"
+	# The snapshot CRDs come from the client module (same tag, in tools/go.mod).
+	local crd_dir b
+	crd_dir=$(cd "$TOOLS_DIR" && "$GO" mod download -json "$SNAP_CLIENT_MOD@$SNAP_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	[[ -n $crd_dir && -d $crd_dir/config/crd ]] || { log "cannot download $SNAP_CLIENT_MOD@$SNAP_VERSION"; return 1; }
 	mkdir -p "$WORK/bin/crd"
-	cp "$dir"/config/crd/*.yaml "$WORK/bin/crd/"
+	cp "$crd_dir"/config/crd/*.yaml "$WORK/bin/crd/"
 	rm -f "$WORK/bin/crd/kustomization.yaml"
-	SNAP_CLIENT_DIR=$dir
+	for b in "${BINARIES[@]}"; do
+		[[ " ${SUITE[*]} " == *" $b "* || -x $WORK/bin/$b ]] || { log "missing $b after build"; return 1; }
+	done
+	mkdir -p "$CACHE_ROOT/$KEY"
+	rm -rf "$BIN"
+	mv "$WORK/bin" "$BIN"
+	log "cluster part done in $((SECONDS - t0)) s:$(summary kubernetes csi-provisioner csi-attacher csi-resizer csi-snapshotter snapshot-controller agnhost etcd tools containerd crictl)"
 }
-snapshotter_client
-step csi-snapshotter build_sidecar "$SNAP_MOD" "$SNAP_VERSION" ./cmd/csi-snapshotter csi-snapshotter "$SNAP_CLIENT_DIR"
-step snapshot-controller build_sidecar "$SNAP_MOD" "$SNAP_VERSION" ./cmd/snapshot-controller snapshot-controller "$SNAP_CLIENT_DIR"
 
-for b in "${BINARIES[@]}"; do
-	[[ -x $WORK/bin/$b ]] || { log "missing $b after build"; exit 1; }
-done
-mkdir -p "$CACHE_ROOT/$KEY"
-rm -rf "$BIN"
-mv "$WORK/bin" "$BIN"
-summary=""
-for k in kubernetes e2e.test agnhost etcd tools containerd crictl csi-provisioner csi-attacher csi-snapshotter snapshot-controller; do
-	summary+=" $k=${TIMES[$k]}s"
-done
-log "done in $((SECONDS - T0)) s:$summary"
+build_suite() { # after build_cluster: the binaries go into its directory
+	suite_complete && return
+	lock 8 suite
+	suite_complete && return
+	new_work suite
+	local t0=$SECONDS
+	log "building the suite part of $KEY into $BIN (cold: ~7 min)"
+	step e2e.test env -C "$TOOLS_DIR" "${TESTBUILD[@]}" -ldflags "-s -w$(ver_flags "$K8S_VERSION")" \
+		-o "$WORK/bin/e2e.test" k8s.io/kubernetes/test/e2e
+	step ginkgo build_tools_module "$WORK/bin/" github.com/onsi/ginkgo/v2/ginkgo
+	# e2e.test last: its presence with ginkgo's is what suite_complete checks.
+	mv "$WORK/bin/ginkgo" "$BIN/ginkgo"
+	mv "$WORK/bin/e2e.test" "$BIN/e2e.test"
+	log "suite part done in $((SECONDS - t0)) s:$(summary e2e.test ginkgo)"
+}
+
+build_cluster
+[[ $PART == cluster ]] || build_suite
 echo "BIN=$BIN"

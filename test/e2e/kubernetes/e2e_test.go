@@ -57,7 +57,9 @@ func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Minute)
 	defer cancel()
 	start := time.Now()
-	out, err := sh(ctx, []string{"GOFLAGS="}, filepath.Join(repoRoot, "test/e2e/kubernetes/build-tools.sh"))
+	// The cluster part of the tools: the suite part (e2e.test) may still be
+	// building in the background; TestUpstreamStorage waits for it.
+	out, err := sh(ctx, []string{"GOFLAGS="}, filepath.Join(repoRoot, "test/e2e/kubernetes/build-tools.sh"), "cluster")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -201,6 +203,10 @@ func podVolumeDir(t *testing.T, pod, pv string) string {
 	return filepath.Join(env["KUBELET_ROOT"], "pods", uid, "volumes", "kubernetes.io~csi", pv, "mount")
 }
 
+// podYAML is a workload pod that reads the golden file and writes one of its
+// own through the claim. Its shell ends on SIGTERM, as a well-behaved
+// application does; as PID 1 without a handler it would ignore it, and every
+// deletion would wait out the 30 s grace period.
 func podYAML(name, claim string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
@@ -210,7 +216,7 @@ spec:
   containers:
   - name: app
     image: busybox:1.36
-    command: ["sh", "-c", "cat /data/golden.txt && echo hi > /data/pod.txt && sleep 3600"]
+    command: ["sh", "-c", "trap 'exit 0' TERM; cat /data/golden.txt && echo hi > /data/pod.txt && sleep 3600 & wait"]
     volumeMounts: [{name: data, mountPath: /data}]
   volumes:
   - name: data

@@ -71,6 +71,14 @@ func TestUpstreamStorage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Hour)
 	defer cancel()
+	// e2e.test and ginkgo: `make e2e` builds them in the background (outside
+	// this network namespace) while the tests before this one run; wait for
+	// that build, or find them cached.
+	start := time.Now()
+	if _, err := sh(ctx, []string{"GOFLAGS="}, filepath.Join(repoRoot, "test/e2e/kubernetes/build-tools.sh"), "suite"); err != nil {
+		t.Fatalf("the upstream suite's binaries: %v", err)
+	}
+	t.Logf("e2e.test ready in %v", time.Since(start).Round(time.Second))
 	procs := os.Getenv("BASALT_UPSTREAM_PROCS")
 	if procs == "" {
 		procs = "4" // most of a spec is waiting for pods and volumes
