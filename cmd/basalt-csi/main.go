@@ -19,6 +19,7 @@ import (
 	"github.com/basalt-csi/basalt/pkg/config"
 	"github.com/basalt-csi/basalt/pkg/driver"
 	"github.com/basalt-csi/basalt/pkg/locks"
+	"github.com/basalt-csi/basalt/pkg/metrics"
 	"github.com/basalt-csi/basalt/pkg/node"
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 	"github.com/basalt-csi/basalt/pkg/provision"
@@ -31,7 +32,7 @@ var version = "dev"
 type options struct {
 	endpoint, mode, configPath, nodeID, zone, driverName, logFormat string
 	zoneLabel, kubeconfig                                           string
-	mapper, stateDir, instanceID                                    string
+	mapper, stateDir, instanceID, metricsAddr                       string
 	maxVolumes                                                      int64
 }
 
@@ -68,6 +69,7 @@ func run(args []string) error {
 	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/basalt", "node plugin state: staging records, rbd-fuse mounts, key files")
 	fs.Int64Var(&o.maxVolumes, "max-volumes-per-node", 64, "attach limit reported by NodeGetInfo")
 	fs.StringVar(&o.instanceID, "instance-id", "", "this controller's identity across restarts, unique among running controllers: a restart blocklists the Ceph clients its previous incarnation left (default: the host name, i.e. the pod name)")
+	fs.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDRESS/metrics, e.g. :9090 (off when empty; README, \"Monitoring\")")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -199,6 +201,14 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	go mgr.Run(ctx, time.Duration(cfg.StatsIntervalSeconds)*time.Second)
 	defer mgr.Close()
 	ids.Ready = func() bool { return len(mgr.Up()) > 0 }
+	metrics.RegisterBackends(mgr.Scheduler().Snapshot)
+	if o.metricsAddr != "" {
+		addr, err := metrics.Serve(ctx, o.metricsAddr, log)
+		if err != nil {
+			return err
+		}
+		log.Info("serving metrics", "url", "http://"+addr.String()+"/metrics")
+	}
 	prov := &provision.Provisioner{Backends: mgr, Attempts: cfg.ScheduleAttempts, Log: log, Locks: locks.New()}
 
 	if o.mode != "node" {

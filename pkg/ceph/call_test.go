@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/metrics"
 )
 
 // A call that never returns (a hung librados call) must release its caller
@@ -142,5 +143,46 @@ func TestInflightWaitsForAbandonedWrites(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("wait did not return after the last operation ended")
+	}
+}
+
+// Calls are counted by their operation: the verb their description starts
+// with, never the object named after it; an abandoned call is a timeout only
+// at its deadline, not when its caller gave up.
+func TestCallMetrics(t *testing.T) {
+	for what, op := range map[string]string{"cloning volumes/img-1": "cloning", "reading basalt/obj": "reading", "ceph df": "ceph", "stuck": "stuck"} {
+		if got := opOf(what); got != op {
+			t.Errorf("opOf(%q) = %q, want %q", what, got, op)
+		}
+	}
+	count := func(name, op string) float64 {
+		fams, err := metrics.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fams {
+			for _, m := range f.GetMetric() {
+				if f.GetName() == name && len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == op {
+					return m.GetCounter().GetValue() + float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+		return 0
+	}
+	block := make(chan struct{})
+	defer close(block)
+	_, _ = call(context.Background(), newScope(10*time.Millisecond), "hanging obj-1", func() (int, error) { <-block; return 0, nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, _ = call(ctx, newScope(time.Hour), "hanging obj-2", func() (int, error) { <-block; return 0, nil })
+	_, _ = call(context.Background(), newScope(time.Second), "hanging obj-3", func() (int, error) { return 0, nil })
+	if n := count("basalt_ceph_call_duration_seconds", "hanging"); n != 3 {
+		t.Errorf("%v calls timed, want 3", n)
+	}
+	if n := count("basalt_ceph_call_timeouts_total", "hanging"); n != 1 {
+		t.Errorf("%v timeouts, want 1 (the deadline, not the cancelled caller)", n)
+	}
+	if n := count("basalt_ceph_call_failures_total", "hanging"); n != 2 {
+		t.Errorf("%v failures, want 2", n)
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/metrics"
 )
 
 // ErrTimeout marks a Ceph call that did not return before its deadline.
@@ -125,6 +127,7 @@ func call[T any](ctx context.Context, s *scope, what string, f func() (T, error)
 		err error
 	}
 	done := make(chan result, 1)
+	start := time.Now()
 	go func() {
 		defer s.leave()
 		v, err := f()
@@ -132,13 +135,28 @@ func call[T any](ctx context.Context, s *scope, what string, f func() (T, error)
 	}()
 	select {
 	case r := <-done:
+		metrics.ObserveCeph(opOf(what), time.Since(start), r.err != nil, false)
 		if r.err != nil {
 			return r.v, fmt.Errorf("%s: %w", what, r.err)
 		}
 		return r.v, nil
 	case <-ctx.Done():
+		// Only a deadline is a timeout; a caller that gave up is not Ceph's
+		// doing.
+		metrics.ObserveCeph(opOf(what), time.Since(start), true, errors.Is(ctx.Err(), context.DeadlineExceeded))
 		return zero, fmt.Errorf("%s: %w after %v: %w", what, ErrTimeout, s.timeout, ctx.Err())
 	}
+}
+
+// opOf is the metrics label of a call: the verb its description starts
+// with ("cloning", "reading", "listing", ...). Every description names the
+// operation first and its object after, so the label is bounded by the
+// code, never by a pool, image or object name.
+func opOf(what string) string {
+	if i := strings.IndexByte(what, ' '); i > 0 {
+		return what[:i]
+	}
+	return what
 }
 
 // do is call for f without a result.

@@ -1,6 +1,7 @@
 // Package driver is Basalt's gRPC surface: the CSI Identity, Controller and
 // Node services, validation, and the interceptors that give every request an
-// ID, log it without secrets and map errors to CSI codes. The work itself is
+// ID, log it without secrets, count and time it (pkg/metrics) and map errors
+// to CSI codes. The work itself is
 // done by pkg/provision (controller) and pkg/node (node).
 package driver
 
@@ -23,6 +24,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/basalt-csi/basalt/pkg/metrics"
 )
 
 // Listen opens a CSI endpoint: unix:///path or tcp://host:port.
@@ -116,6 +119,7 @@ func interceptor(base *slog.Logger) grpc.UnaryServerInterceptor {
 				err = status.Errorf(codes.Internal, "internal error: %v", p)
 			}
 			st := status.Convert(err)
+			metrics.ObserveCSI(method, st.Code().String(), time.Since(start))
 			switch {
 			case err != nil:
 				log.Warn("failed", "code", st.Code().String(), "error", st.Message(), "took", time.Since(start).Round(time.Millisecond))

@@ -13,6 +13,7 @@ import (
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/flow"
 	"github.com/basalt-csi/basalt/pkg/locks"
+	"github.com/basalt-csi/basalt/pkg/metrics"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/scheduler"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
@@ -331,13 +332,17 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 				break
 			}
 			var nc *scheduler.NoCandidateError
-			if errors.As(err, &nc) && nc.AnyDown() {
+			if errors.As(err, &nc) {
+				metrics.Refused(nc.Filters())
+			}
+			if nc != nil && nc.AnyDown() {
 				return Volume{}, errorf(Unavailable, nil, "%v; retry when the backend is back", err)
 			}
 			return Volume{}, errorf(ResourceExhausted, nil, "%v", err)
 		}
 		name := cand.Backend.Name
 		tried[name] = true
+		metrics.Placed(name)
 		log.Info("scheduled", "backend", name, "attempt", attempt, "zone", cand.Backend.Zone, "local", cand.Local, "virtualFree", cand.VirtualFree)
 		v, err := p.createOn(ctx, log, reg, res, req, size, name, cand.Local, o)
 		if err == nil {
@@ -354,6 +359,7 @@ func (p *Provisioner) place(ctx context.Context, log *slog.Logger, reg *records.
 			break
 		}
 		log.Warn("create failed on backend; rescheduling", "backend", name, "attempt", attempt, "error", err)
+		metrics.Rescheduled()
 	}
 	if ctx.Err() != nil {
 		return Volume{}, errorf(DeadlineExceeded, ctx.Err(), "creating %q did not finish in time (tried %s)", req.Name, strings.Join(failures, "; "))

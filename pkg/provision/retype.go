@@ -12,6 +12,7 @@ import (
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/flow"
+	"github.com/basalt-csi/basalt/pkg/metrics"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/scheduler"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
@@ -80,6 +81,9 @@ func (p *Provisioner) retype(ctx context.Context, volumeID string, pl Placement)
 	cand, err := sched.Pick(sreq, nil)
 	if err != nil {
 		var nc *scheduler.NoCandidateError
+		if errors.As(err, &nc) {
+			metrics.Refused(nc.Filters())
+		}
 		switch {
 		case errors.As(err, &nc) && nc.AnyDown():
 			return errorf(Unavailable, nil, "cannot move volume %s: %v; retry when the backend is back", volumeID, err)
@@ -89,6 +93,7 @@ func (p *Provisioner) retype(ctx context.Context, volumeID string, pl Placement)
 		return errorf(ResourceExhausted, nil, "cannot move volume %s: %v", volumeID, err)
 	}
 	target := cand.Backend.Name
+	metrics.Placed(target)
 	charged := true
 	uncharge := func(context.Context) error {
 		if charged {

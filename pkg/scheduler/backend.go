@@ -65,6 +65,13 @@ func (b *Backend) virtualFree() uint64 {
 	return subSat(b.virtualRoom(), b.reservedBytes())
 }
 
+// VirtualFreeBytes is what the capacity weigher sees: the room left under
+// the over-subscription ratio, less the reserve (for metrics and reports).
+func (b Backend) VirtualFreeBytes() uint64 { return b.virtualFree() }
+
+// MaxOverSubscription is the ratio in effect (1 when unset or below 1).
+func (b Backend) MaxOverSubscription() float64 { return b.overSubscription() }
+
 // clone copies the capabilities map so that callers holding a copy cannot
 // race with, or corrupt, the scheduler's own view.
 func (b Backend) clone() Backend {

@@ -25,6 +25,15 @@ func (e *NoCandidateError) AnyDown() bool {
 	return false
 }
 
+// Filters lists, per rejected backend, the filter that ruled it out.
+func (e *NoCandidateError) Filters() []string {
+	out := make([]string, len(e.Rejections))
+	for i, r := range e.Rejections {
+		out[i] = r.Filter
+	}
+	return out
+}
+
 func (e *NoCandidateError) Error() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "no backend can hold a %s volume: ", humanBytes(e.Requested))

@@ -69,8 +69,14 @@ type proc struct {
 
 func startBinary(t *testing.T, cfg, sock string, env ...string) *proc {
 	t.Helper()
+	return startBinaryArgs(t, cfg, sock, nil, env...)
+}
+
+// startBinaryArgs is startBinary with more flags.
+func startBinaryArgs(t *testing.T, cfg, sock string, args []string, env ...string) *proc {
+	t.Helper()
 	p := &proc{log: &bytes.Buffer{}}
-	p.cmd = exec.Command(binary, "--mode=controller", "--config", cfg, "--endpoint", "unix://"+sock)
+	p.cmd = exec.Command(binary, append([]string{"--mode=controller", "--config", cfg, "--endpoint", "unix://" + sock}, args...)...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
