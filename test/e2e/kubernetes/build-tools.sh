@@ -84,8 +84,10 @@ cluster_complete() {
 }
 suite_complete() { has "${SUITE[@]}"; }
 
-# lock NAME: one builder of a part per key at a time; a second caller waits
-# (fd 9 for the cluster part, 8 for the suite) and then finds the cache.
+# lock FD NAME: one builder of a part per key at a time; a second caller
+# waits (fd 9 for the cluster part, 8 for the suite) and then finds the
+# cache. unlock FD as soon as the part is done: a builder of both parts must
+# not keep the cluster part's waiters waiting for the suite.
 lock() {
 	local fd=$1 name=$2
 	eval "exec $fd>\"\$CACHE_ROOT/.\$KEY.$name.lock\""
@@ -94,6 +96,7 @@ lock() {
 		flock "$fd"
 	fi
 }
+unlock() { eval "exec $1>&-"; }
 
 # Each build runs as a background job in its own process group (set -m), so a
 # signal to this script stops the go build it started, and the EXIT trap
@@ -173,7 +176,10 @@ summary() { # the wall time of each step built
 build_cluster() {
 	cluster_complete && return
 	lock 9 cluster
-	cluster_complete && return
+	if cluster_complete; then
+		unlock 9
+		return
+	fi
 	new_work cluster
 	local t0=$SECONDS
 	log "building the cluster part of $KEY into $BIN (cold Go build cache: ~30 min on 2 cores; warm: ~35 s)"
@@ -205,13 +211,17 @@ build_cluster() {
 	mkdir -p "$CACHE_ROOT/$KEY"
 	rm -rf "$BIN"
 	mv "$WORK/bin" "$BIN"
+	unlock 9
 	log "cluster part done in $((SECONDS - t0)) s:$(summary kubernetes csi-provisioner csi-attacher csi-resizer csi-snapshotter snapshot-controller agnhost etcd tools containerd crictl)"
 }
 
 build_suite() { # after build_cluster: the binaries go into its directory
 	suite_complete && return
 	lock 8 suite
-	suite_complete && return
+	if suite_complete; then
+		unlock 8
+		return
+	fi
 	new_work suite
 	local t0=$SECONDS
 	log "building the suite part of $KEY into $BIN (cold: ~7 min)"
@@ -221,6 +231,7 @@ build_suite() { # after build_cluster: the binaries go into its directory
 	# e2e.test last: its presence with ginkgo's is what suite_complete checks.
 	mv "$WORK/bin/ginkgo" "$BIN/ginkgo"
 	mv "$WORK/bin/e2e.test" "$BIN/e2e.test"
+	unlock 8
 	log "suite part done in $((SECONDS - t0)) s:$(summary e2e.test ginkgo)"
 }
 
