@@ -201,7 +201,11 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	go mgr.Run(ctx, time.Duration(cfg.StatsIntervalSeconds)*time.Second)
 	defer mgr.Close()
 	ids.Ready = func() bool { return len(mgr.Up()) > 0 }
-	metrics.RegisterBackends(mgr.Scheduler().Snapshot)
+	if o.mode != "node" {
+		// The scheduler's view; a node plugin does not schedule (its
+		// backends carry no capacity), and two views would blur alerts.
+		metrics.RegisterBackends(mgr.Scheduler().Snapshot)
+	}
 	if o.metricsAddr != "" {
 		addr, err := metrics.Serve(ctx, o.metricsAddr, log)
 		if err != nil {

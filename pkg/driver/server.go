@@ -1,8 +1,8 @@
 // Package driver is Basalt's gRPC surface: the CSI Identity, Controller and
 // Node services, validation, and the interceptors that give every request an
 // ID, log it without secrets, count and time it (pkg/metrics) and map errors
-// to CSI codes. The work itself is
-// done by pkg/provision (controller) and pkg/node (node).
+// to CSI codes. The work itself is done by pkg/provision (controller) and
+// pkg/node (node).
 package driver
 
 import (
