@@ -85,9 +85,9 @@ func (p *Provisioner) retype(ctx context.Context, volumeID string, pl Placement)
 			metrics.Refused(nc.Filters())
 		}
 		switch {
-		case errors.As(err, &nc) && nc.AnyDown():
+		case nc != nil && nc.AnyDown():
 			return errorf(Unavailable, nil, "cannot move volume %s: %v; retry when the backend is back", volumeID, err)
-		case errors.As(err, &nc) && nc.Infeasible():
+		case nc != nil && nc.Infeasible():
 			return errorf(InvalidArgument, nil, "cannot move volume %s (on backend %s, zone %q) to meet %s: %v", volumeID, bname, cur.Zone, pl, err)
 		}
 		return errorf(ResourceExhausted, nil, "cannot move volume %s: %v", volumeID, err)
