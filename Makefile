@@ -29,8 +29,11 @@ lint:
 	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# test/promrules (a module of its own) checks the alert rules with
+# Prometheus' rule checker, as `promtool check rules` does.
 unit:
 	$(GO) test -race -count=1 ./pkg/... ./cmd/...
+	cd test/promrules && $(GO) test -count=1 ./...
 
 # Integration tests start their own Ceph clusters through test/ceph-cluster.sh.
 # The full log (driver logs included) is kept in _output/integration.log.

@@ -227,6 +227,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		if err := prov.FencePrevious(ctx, prov.Instance); err != nil {
 			log.Warn("could not fence the previous incarnation; its watches expire in about 30 s", "error", err)
 		}
+		metrics.RegisterCensus(prov.Census)
 		go recoverLoop(ctx, prov, log)
 		go prov.RunFlattener(ctx, flattenInterval)
 		go prov.RunSweeper(ctx, sweepInterval)
@@ -245,6 +246,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 			return err
 		}
 		o.mapper = svc.Mapper.Name()
+		metrics.RegisterStaged(o.mapper, svc.Store.Count)
 		ns = &driver.Node{NodeID: o.nodeID, Zone: o.zone, MaxVolumes: o.maxVolumes, Svc: svc}
 		go node.Heartbeat(ctx, mgr, records.Node{
 			ID: o.nodeID, Zone: o.zone, MaxVolumes: o.maxVolumes, Mapper: o.mapper, Version: version,

@@ -28,10 +28,12 @@ func registeredNames(t *testing.T) map[string]bool {
 			}
 		}
 	}
-	// The backend gauges exist once a backend does; their descriptions
-	// name them all.
-	ch := make(chan *prometheus.Desc, 16)
+	// The collected gauges (backends, the registry census, staged
+	// volumes) exist once the driver has them; their descriptions name them.
+	ch := make(chan *prometheus.Desc, 32)
 	backendCollector{}.Describe(ch)
+	(&censusCollector{}).Describe(ch)
+	stagedCollector{}.Describe(ch)
 	close(ch)
 	re := regexp.MustCompile(`fqName: "([^"]+)"`)
 	for d := range ch {
@@ -50,6 +52,11 @@ func TestExamplesUseRegisteredMetrics(t *testing.T) {
 	Placed("x")
 	Refused([]string{"zone"})
 	Rescheduled()
+	ObserveCeph("reading", 0, true, true) // failed and timed out: every child
+	ObserveCommand("rbd", 0, true, true)
+	Healed(HealAlive)
+	Recovered(RecoveryUndoCreate)
+	Flattened(0, nil)
 	names := registeredNames(t)
 
 	var exprs []string

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -119,7 +120,18 @@ func TestLabelsAreBounded(t *testing.T) {
 	if err := reg.Register(backendCollector{func() []scheduler.Backend { return []scheduler.Backend{{Name: "a", Zone: "z"}} }}); err != nil {
 		t.Fatal(err)
 	}
-	allowed := map[string]bool{"method": true, "code": true, "backend": true, "zone": true, "filter": true}
+	reg.MustRegister(&censusCollector{now: time.Now, read: func(context.Context) (Census, error) {
+		return Census{Nodes: []NodeCensus{{ID: "n", Zone: "z"}}}, nil
+	}}, stagedCollector{"fuse", func() (int, error) { return 0, nil }})
+	ObserveCeph("reading", time.Millisecond, false, false)
+	ObserveCommand("rbd", time.Millisecond, false, false)
+	Healed(HealAlive)
+	Recovered(RecoveryUndoCreate)
+	Flattened(time.Second, nil)
+	// Node IDs are bounded by the cluster's size, like backends by the
+	// configuration; volume IDs and names never appear.
+	allowed := map[string]bool{"method": true, "code": true, "backend": true, "zone": true, "filter": true,
+		"op": true, "command": true, "outcome": true, "action": true, "kind": true, "node": true, "mapper": true}
 	for _, g := range []prometheus.Gatherer{Registry, reg} {
 		fams, err := g.Gather()
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 
+	"github.com/basalt-csi/basalt/pkg/metrics"
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
 
 	"google.golang.org/grpc/codes"
@@ -27,12 +28,14 @@ func (s *Service) HealAll(ctx context.Context) (healed int, failed int) {
 		unlock, err := s.lock(ctx, rec.VolumeID)
 		if err != nil {
 			failed++
+			metrics.Healed(metrics.HealFailed)
 			continue
 		}
 		err = s.verifyStaged(ctx, rec)
 		switch {
 		case err == nil:
 			log.Info("staged volume is alive", "device", rec.Mapping.Device)
+			metrics.Healed(metrics.HealAlive)
 			unlock()
 			continue
 		case !errors.Is(err, mapper.ErrGone):
@@ -40,6 +43,7 @@ func (s *Service) HealAll(ctx context.Context) (healed int, failed int) {
 			// mounts for nothing. NodeStage's retry or the next start checks again.
 			log.Warn("cannot check the staged volume; leaving it as it is", "reason", err)
 			failed++
+			metrics.Healed(metrics.HealFailed)
 			unlock()
 			continue
 		}
@@ -49,6 +53,9 @@ func (s *Service) HealAll(ctx context.Context) (healed int, failed int) {
 			if err := s.teardown(ctx, uuid, rec); err != nil {
 				log.Error("could not tear down the unwanted volume", "error", err)
 				failed++
+				metrics.Healed(metrics.HealFailed)
+			} else {
+				metrics.Healed(metrics.HealTornDown)
 			}
 			unlock()
 			continue
@@ -109,7 +116,14 @@ func (s *Service) teardown(ctx context.Context, uuid string, rec *Record) error 
 }
 
 // heal re-establishes rec in place: the caller holds the volume's lock.
-func (s *Service) heal(ctx context.Context, uuid string, rec *Record) error {
+func (s *Service) heal(ctx context.Context, uuid string, rec *Record) (err error) {
+	defer func() {
+		if err != nil {
+			metrics.Healed(metrics.HealFailed)
+		} else {
+			metrics.Healed(metrics.HealHealed)
+		}
+	}()
 	log := s.Log.With("volume", rec.VolumeID, "staging", rec.StagingPath)
 	// rbd-nbd can re-attach a new daemon to the same device (by cookie): the
 	// mounts above it then never notice.

@@ -12,19 +12,54 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
+
+	"github.com/basalt-csi/basalt/pkg/metrics"
 )
 
 // CommandTimeout bounds every command the node runs through mount-utils
 // (mount, umount, mkfs, fsck, blkid, resize2fs, xfs_growfs).
 var CommandTimeout = 2 * time.Minute
 
-// timedExec gives every command mount-utils runs through Exec a deadline.
+// timedExec gives every command mount-utils runs through Exec a deadline,
+// and times it for the metrics.
 type timedExec struct{ utilexec.Interface }
 
 func (e timedExec) Command(cmd string, args ...string) utilexec.Cmd {
 	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
 	time.AfterFunc(CommandTimeout+time.Second, cancel)
-	return e.Interface.CommandContext(ctx, cmd, args...)
+	return timedCmd{e.Interface.CommandContext(ctx, cmd, args...), ctx, cmd}
+}
+
+// timedCmd observes the ways mount-utils runs a command.
+type timedCmd struct {
+	utilexec.Cmd
+	ctx  context.Context
+	name string
+}
+
+func (c timedCmd) observe(start time.Time, err error) {
+	metrics.ObserveCommand(c.name, time.Since(start), err != nil, c.ctx.Err() == context.DeadlineExceeded)
+}
+
+func (c timedCmd) Run() error {
+	start := time.Now()
+	err := c.Cmd.Run()
+	c.observe(start, err)
+	return err
+}
+
+func (c timedCmd) CombinedOutput() ([]byte, error) {
+	start := time.Now()
+	out, err := c.Cmd.CombinedOutput()
+	c.observe(start, err)
+	return out, err
+}
+
+func (c timedCmd) Output() ([]byte, error) {
+	start := time.Now()
+	out, err := c.Cmd.Output()
+	c.observe(start, err)
+	return out, err
 }
 
 // Mounts wraps mount-utils so that every call has a deadline: mount(8),

@@ -81,6 +81,22 @@ func (s *Store) Delete(uuid string) error {
 	return nil
 }
 
+// Count returns how many volumes have a record (are staged), without
+// reading the records.
+func (s *Store) Count() (int, error) {
+	entries, err := os.ReadDir(s.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	n := 0
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".json") {
+			n++
+		}
+	}
+	return n, err
+}
+
 // All returns every record, keyed by volume UUID.
 func (s *Store) All() (map[string]*Record, error) {
 	entries, err := os.ReadDir(s.Dir)

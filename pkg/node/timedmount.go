@@ -6,8 +6,11 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 
 	"k8s.io/mount-utils"
+
+	"github.com/basalt-csi/basalt/pkg/metrics"
 )
 
 // timedMounter is mount-utils' mounter with mount(8) and umount(8) run
@@ -54,7 +57,9 @@ func runTimed(name string, args []string, logged string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	start := time.Now()
 	out, err := cmd.CombinedOutput()
+	metrics.ObserveCommand(name, time.Since(start), err != nil, ctx.Err() != nil)
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s %s: killed after %v without an answer", name, logged, CommandTimeout)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
+	"github.com/basalt-csi/basalt/pkg/metrics"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
@@ -235,7 +236,9 @@ func (p *Provisioner) flattenOne(ctx context.Context, reg *records.Registry, vol
 	start := time.Now()
 	log.Info("flattening a volume whose clone chain is too deep", "parent", usage.Parent)
 	timeout := time.Duration(p.Backends.Config().FlattenTimeoutSeconds) * time.Second
-	if err := cl.Flatten(ctx, id.ImageName(), timeout); err != nil {
+	err = cl.Flatten(ctx, id.ImageName(), timeout)
+	metrics.Flattened(time.Since(start), err)
+	if err != nil {
 		if !errors.Is(err, backend.ErrNotFound) {
 			log.Warn("flatten failed; it is retried", "error", err)
 			return

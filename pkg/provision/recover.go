@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/basalt-csi/basalt/pkg/metrics"
 	"github.com/basalt-csi/basalt/pkg/records"
 	"github.com/basalt-csi/basalt/pkg/volumeid"
 )
@@ -41,6 +42,7 @@ func (p *Provisioner) Recover(ctx context.Context, grace time.Duration) (undone 
 			}
 			if did {
 				undone++
+				metrics.Recovered(metrics.RecoveryUndoCreate)
 			}
 		}
 	}

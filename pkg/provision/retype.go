@@ -416,6 +416,8 @@ func (p *Provisioner) RecoverMoves(ctx context.Context, grace time.Duration) err
 		}
 		if err := p.settleMove(ctx, p.Log.With("volume", m.VolumeID), reg, m.VolumeID); err != nil {
 			p.Log.Error("could not settle an interrupted move; will retry", "volume", m.VolumeID, "error", err)
+		} else {
+			metrics.Recovered(metrics.RecoverySettleMove)
 		}
 		unlock()
 	}

@@ -37,12 +37,19 @@ type nodePlugin struct {
 	log      *bytes.Buffer
 	node     csi.NodeClient
 	env      []string // extra environment (failpoints)
+	args     []string // extra flags
 	cfg      string   // the configuration file, its controller's
 }
 
 func startNode(t *testing.T, d *testDriver, id string, env ...string) *nodePlugin {
 	t.Helper()
-	n := &nodePlugin{t: t, id: id, cfg: d.cfg, stateDir: t.TempDir(), sock: filepath.Join(t.TempDir(), "node.sock"), env: env}
+	return startNodeArgs(t, d, id, nil, env...)
+}
+
+// startNodeArgs is startNode with extra flags.
+func startNodeArgs(t *testing.T, d *testDriver, id string, args []string, env ...string) *nodePlugin {
+	t.Helper()
+	n := &nodePlugin{t: t, id: id, cfg: d.cfg, stateDir: t.TempDir(), sock: filepath.Join(t.TempDir(), "node.sock"), env: env, args: args}
 	n.start()
 	t.Cleanup(func() {
 		n.kill()
@@ -67,8 +74,8 @@ func startNode(t *testing.T, d *testDriver, id string, env ...string) *nodePlugi
 func (n *nodePlugin) start() {
 	n.t.Helper()
 	n.log = &bytes.Buffer{}
-	n.cmd = exec.Command(binary, "--mode=node", "--node-id", n.id, "--zone", "zone-a", "--mapper", "fuse",
-		"--state-dir", n.stateDir, "--config", n.cfg, "--endpoint", "unix://"+n.sock)
+	n.cmd = exec.Command(binary, append([]string{"--mode=node", "--node-id", n.id, "--zone", "zone-a", "--mapper", "fuse",
+		"--state-dir", n.stateDir, "--config", n.cfg, "--endpoint", "unix://" + n.sock}, n.args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	n.cmd.Env = append(os.Environ(), n.env...)
 	if err := n.cmd.Start(); err != nil {

@@ -14,6 +14,8 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/basalt-csi/basalt/pkg/metrics"
 )
 
 // Spec says which image to map and with which credentials. The keyring is a
@@ -144,7 +146,9 @@ func (e Exec) Run(ctx context.Context, name string, args ...string) ([]byte, err
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.WaitDelay = 2 * time.Second
+	start := time.Now()
 	err := cmd.Run()
+	metrics.ObserveCommand(name, time.Since(start), err != nil, ctx.Err() == context.DeadlineExceeded)
 	if ctx.Err() == context.DeadlineExceeded {
 		return out.Bytes(), fmt.Errorf("%s %s: no answer within %v", name, strings.Join(args, " "), t)
 	}
