@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/basalt-csi/basalt/pkg/scheduler"
 )
 
 // Registry holds every Basalt metric plus the Go runtime's and the
@@ -70,6 +72,12 @@ func init() {
 	Registry.MustRegister(csiRequests, csiDuration, placements, rejections, refusals, reschedules,
 		cephDuration, cephFailures, cephTimeouts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Series whose labels are known in advance start at 0, so that a
+	// scrape shows them (and rate() works) before the first event.
+	for _, f := range []string{scheduler.FilterUp, scheduler.FilterBackend, scheduler.FilterZone,
+		scheduler.FilterCapabilities, scheduler.FilterCapacity, scheduler.FilterImage} {
+		rejections.WithLabelValues(f)
+	}
 }
 
 // ObserveCSI records one CSI call: its method (e.g. "CreateVolume"), the
@@ -100,10 +108,14 @@ func Rescheduled() { reschedules.Inc() }
 // abandoned at its deadline.
 func ObserveCeph(op string, took time.Duration, failed, timedOut bool) {
 	cephDuration.WithLabelValues(op).Observe(took.Seconds())
-	if failed {
-		cephFailures.WithLabelValues(op).Inc()
+	// Failures and timeouts of every operation seen, at 0 until one comes.
+	cephFailures.WithLabelValues(op).Add(b2f(failed))
+	cephTimeouts.WithLabelValues(op).Add(b2f(timedOut))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
 	}
-	if timedOut {
-		cephTimeouts.WithLabelValues(op).Inc()
-	}
+	return 0
 }

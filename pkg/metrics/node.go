@@ -33,6 +33,9 @@ var (
 
 func init() {
 	Registry.MustRegister(commandDuration, commandFailures, commandTimeouts, healActions)
+	for _, o := range []string{HealAlive, HealHealed, HealTornDown, HealFailed} {
+		healActions.WithLabelValues(o)
+	}
 }
 
 // ObserveCommand records one external command run by the node plugin: its
@@ -41,12 +44,9 @@ func init() {
 func ObserveCommand(name string, took time.Duration, failed, timedOut bool) {
 	name = filepath.Base(name)
 	commandDuration.WithLabelValues(name).Observe(took.Seconds())
-	if failed || timedOut {
-		commandFailures.WithLabelValues(name).Inc()
-	}
-	if timedOut {
-		commandTimeouts.WithLabelValues(name).Inc()
-	}
+	// Failures and timeouts of every command seen, at 0 until one comes.
+	commandFailures.WithLabelValues(name).Add(b2f(failed || timedOut))
+	commandTimeouts.WithLabelValues(name).Add(b2f(timedOut))
 }
 
 // Heal outcomes (basalt_node_heal_actions_total).

@@ -79,6 +79,12 @@ var (
 
 func init() {
 	Registry.MustRegister(censusFailures, recoveryActions, flattenDuration, flattens)
+	for _, a := range []string{RecoveryUndoCreate, RecoverySettleMove} {
+		recoveryActions.WithLabelValues(a)
+	}
+	for _, o := range []string{"done", "failed"} {
+		flattens.WithLabelValues(o)
+	}
 }
 
 // Recovered records one recovery action.

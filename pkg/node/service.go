@@ -323,11 +323,9 @@ func (s *Service) Unstage(ctx context.Context, volumeID, stagingPath string) err
 			return status.Errorf(codes.FailedPrecondition, "device %s of volume %s is still mounted at %s; not unmapping it", dev, volumeID, strings.Join(at, ", "))
 		}
 	}
-	if err := s.Mapper.Unmap(ctx, rec.Spec, rec.Mapping); err != nil {
+	if err := s.unmap(ctx, s.Log.With("volume", volumeID), rec); err != nil {
 		return status.Errorf(codes.Internal, "unmapping %s: %v", rec.Mapping.Device, err)
 	}
-	// A daemon that died instead of exiting left its watch: release it.
-	s.fenceDead(ctx, s.Log.With("volume", volumeID), rec)
 	if err := failpoint.Hit("node/after-unmap"); err != nil {
 		return toInternal(err)
 	}
@@ -335,6 +333,33 @@ func (s *Service) Unstage(ctx context.Context, volumeID, stagingPath string) err
 		return status.Error(codes.Internal, err.Error())
 	}
 	s.Log.Info("volume unstaged", "volume", volumeID, "device", rec.Mapping.Device)
+	return nil
+}
+
+// asyncUnmapper is a mapper that can leave the exit of its daemon to the
+// background (the fuse mapper: mapper.FUSE.UnmapAsync).
+type asyncUnmapper interface {
+	UnmapAsync(ctx context.Context, s mapper.Spec, m mapper.Mapping, gone func(context.Context, error)) error
+}
+
+// unmap ends rec's mapping for NodeUnstage, then releases the watch of a
+// daemon that died instead of exiting (fenceDead). With an asyncUnmapper
+// the request returns once the device is detached; the daemon's exit is
+// awaited, and the fence check made, in the background: unstaging does
+// not wait the ~50 ms rbd-fuse takes to close its image and exit.
+func (s *Service) unmap(ctx context.Context, log *slog.Logger, rec *Record) error {
+	if a, ok := s.Mapper.(asyncUnmapper); ok {
+		return a.UnmapAsync(ctx, rec.Spec, rec.Mapping, func(ctx context.Context, err error) {
+			if err != nil {
+				log.Warn("the daemon of an unstaged volume did not go cleanly", "device", rec.Mapping.Device, "error", err)
+			}
+			s.fenceDead(ctx, log, rec)
+		})
+	}
+	if err := s.Mapper.Unmap(ctx, rec.Spec, rec.Mapping); err != nil {
+		return err
+	}
+	s.fenceDead(ctx, log, rec)
 	return nil
 }
 

@@ -80,6 +80,11 @@ func TestMetricsAfterKnownCalls(t *testing.T) {
 		{"basalt_records_pending", map[string]string{"kind": "volume"}, between(0, 1000)},
 		{"basalt_records_read_age_seconds", nil, eq(0)},
 		{"basalt_flatten_queue_length", nil, between(0, 1000)},
+		// Series with known labels exist before their first event.
+		{"basalt_recovery_actions_total", map[string]string{"action": "undo_create"}, between(0, 1e9)},
+		{"basalt_flattens_total", map[string]string{"outcome": "failed"}, between(0, 1e9)},
+		{"basalt_scheduler_rejections_total", map[string]string{"filter": "zone"}, between(0, 1e9)},
+		{"basalt_ceph_call_timeouts_total", map[string]string{"op": "reading"}, between(0, 1e9)},
 	})
 	for _, b := range []string{"a-std", "a-fast", "b-std"} {
 		for _, g := range []string{"basalt_backend_capacity_bytes", "basalt_backend_virtual_free_bytes", "basalt_backend_max_oversubscription_ratio"} {
@@ -94,6 +99,8 @@ func TestMetricsAfterKnownCalls(t *testing.T) {
 		// The fuse mapper attaches a loop device; the staging mount is mount(8).
 		{"basalt_node_command_duration_seconds", map[string]string{"command": "losetup"}, between(1, 1e9)},
 		{"basalt_node_command_duration_seconds", map[string]string{"command": "mount"}, between(1, 1e9)},
+		{"basalt_node_command_timeouts_total", map[string]string{"command": "losetup"}, eq(0)},
+		{"basalt_node_heal_actions_total", map[string]string{"outcome": "failed"}, eq(0)},
 	})
 	checkNoVolumeLabels(t, nfams, ids, names)
 

@@ -110,8 +110,13 @@ func (n *nodePlugin) kill() {
 // mount points are under its state directory).
 func (n *nodePlugin) rbdFusePIDs() []int { return testutil.RBDFusePIDs(n.stateDir) }
 
-// leftovers lists what a torn-down volume must not leave behind.
+// leftovers lists what a torn-down volume must not leave behind. NodeUnstage
+// leaves the exit of an rbd-fuse daemon to the background (about 50 ms):
+// daemons get 20 s to go.
 func (n *nodePlugin) leftovers(t *testing.T, paths ...string) []string {
+	for deadline := time.Now().Add(20 * time.Second); len(n.rbdFusePIDs()) > 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	var out []string
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
 	for _, l := range strings.Split(string(mounts), "\n") {

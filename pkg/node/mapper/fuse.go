@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -28,6 +29,9 @@ type FUSE struct {
 	r       Runner
 	baseDir string // mount points: baseDir/<pool>/<image>
 	timeout time.Duration
+
+	mu      sync.Mutex
+	reaping map[string]chan struct{} // mount points whose rbd-fuse is being reaped
 }
 
 // rbdFuseOpTimeout (seconds) bounds each librados call of an rbd-fuse daemon.
@@ -35,7 +39,7 @@ const rbdFuseOpTimeout = 60
 
 // NewFUSE returns a fuse mapper keeping its mount points under baseDir.
 func NewFUSE(r Runner, baseDir string) *FUSE {
-	return &FUSE{r: r, baseDir: baseDir, timeout: DefaultTimeout}
+	return &FUSE{r: r, baseDir: baseDir, timeout: DefaultTimeout, reaping: map[string]chan struct{}{}}
 }
 
 // Name implements Mapper.
@@ -47,17 +51,25 @@ func (f *FUSE) dir(s Spec) string { return filepath.Join(f.baseDir, s.Pool, s.Im
 func (f *FUSE) Map(ctx context.Context, s Spec) (Mapping, error) {
 	dir := f.dir(s)
 	file := filepath.Join(dir, s.Image)
-	if err := f.ensureFUSE(ctx, s, dir, file); err != nil {
+	if err := f.awaitReap(ctx, dir); err != nil {
 		return Mapping{}, err
 	}
-	m := Mapping{Mapper: f.Name(), Dir: dir}
-	loops, err := f.loopsFor(ctx, file)
+	started, err := f.ensureFUSE(ctx, s, dir, file)
 	if err != nil {
 		return Mapping{}, err
 	}
-	if len(loops) > 0 {
-		m.Device = loops[0].Name
-		return m, nil
+	m := Mapping{Mapper: f.Name(), Dir: dir}
+	// A loop device on a file rbd-fuse already served is reused; a file
+	// just made by a new daemon (a new inode) has none, so no need to look.
+	if !started {
+		loops, err := f.loopsFor(ctx, file)
+		if err != nil {
+			return Mapping{}, err
+		}
+		if len(loops) > 0 {
+			m.Device = loops[0].Name
+			return m, nil
+		}
 	}
 	args := []string{"--find", "--show"}
 	if s.ReadOnly {
@@ -74,22 +86,23 @@ func (f *FUSE) Map(ctx context.Context, s Spec) (Mapping, error) {
 	return m, nil
 }
 
-// ensureFUSE makes sure a live rbd-fuse serves dir, replacing a dead one.
-func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) error {
+// ensureFUSE makes sure a live rbd-fuse serves dir, replacing a dead one;
+// started tells whether it started one.
+func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) (started bool, err error) {
 	if fileAlive(file) {
-		return nil
+		return false, nil
 	}
 	if IsMountPoint(dir) {
 		// A dead rbd-fuse leaves its mount behind ("transport endpoint is not connected").
 		if _, err := f.r.Run(ctx, "fusermount", "-u", "-z", dir); err != nil {
-			return fmt.Errorf("clearing the dead rbd-fuse mount at %s: %w", dir, err)
+			return false, fmt.Errorf("clearing the dead rbd-fuse mount at %s: %w", dir, err)
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+		return false, err
 	}
 	if err := f.startRBDFuse(ctx, s, dir); err != nil {
-		return err
+		return false, err
 	}
 	for _, pid := range daemonsFor(dir) {
 		_ = Outlive(pid) // best effort: see Outlive
@@ -98,11 +111,11 @@ func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for !fileAlive(file) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("rbd-fuse mounted %s but %s did not appear", dir, file)
+			return true, fmt.Errorf("rbd-fuse mounted %s but %s did not appear", dir, file)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return nil
+	return true, nil
 }
 
 // startRBDFuse runs rbd-fuse, which daemonises after mounting. Its output
@@ -137,21 +150,83 @@ func (f *FUSE) startRBDFuse(ctx context.Context, s Spec, dir string) error {
 }
 
 // Unmap implements Mapper: detach the loop device(s) of the image, then
-// unmount the FUSE mount and remove its directory.
+// unmount the FUSE mount, wait for its rbd-fuse to exit and remove its
+// directory.
 func (f *FUSE) Unmap(ctx context.Context, s Spec, m Mapping) error {
+	dir, err := f.unmount(ctx, s, m)
+	if err != nil {
+		return err
+	}
+	return removeMount(ctx, dir)
+}
+
+// reapTimeout bounds a background reap: waitGone's 10 s for a clean exit
+// and 5 s after SIGTERM, with room to spare.
+const reapTimeout = 30 * time.Second
+
+// UnmapAsync is Unmap without waiting for rbd-fuse to exit: when it returns
+// the loop device is detached and the FUSE mount gone, which is all the
+// caller's next step needs. The daemon exits on its own once unmounted
+// (closing the image releases its watch), in about 50 ms; a goroutine waits
+// for that (ending the daemon if it lingers), removes the directory, and
+// then calls gone with the outcome, under a deadline of its own. A Map or
+// Unmap of the same image waits for the reap first. If the plugin dies
+// meanwhile, the unmounted daemon still exits; an empty directory is all
+// that can be left, and the next Map of the image reuses it.
+func (f *FUSE) UnmapAsync(ctx context.Context, s Spec, m Mapping, gone func(context.Context, error)) error {
+	dir, err := f.unmount(ctx, s, m)
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	f.mu.Lock()
+	f.reaping[dir] = done
+	f.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), reapTimeout)
+		defer cancel()
+		err := removeMount(ctx, dir)
+		f.mu.Lock()
+		delete(f.reaping, dir)
+		f.mu.Unlock()
+		close(done)
+		gone(ctx, err)
+	}()
+	return nil
+}
+
+// awaitReap waits until no reap of dir is running.
+func (f *FUSE) awaitReap(ctx context.Context, dir string) error {
+	f.mu.Lock()
+	done := f.reaping[dir]
+	f.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the previous rbd-fuse of %s to exit: %w", dir, ctx.Err())
+	}
+}
+
+// unmount detaches the image's loop devices and unmounts its FUSE mount,
+// returning the mount point.
+func (f *FUSE) unmount(ctx context.Context, s Spec, m Mapping) (string, error) {
 	dir := m.Dir
 	if dir == "" {
 		dir = f.dir(s)
 	}
+	if err := f.awaitReap(ctx, dir); err != nil {
+		return "", err
+	}
 	file := filepath.Join(dir, s.Image)
 	all, err := f.loops(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
-	live, err := f.loopsFor(ctx, file)
-	if err != nil {
-		return err
-	}
+	live := backedBy(all, file)
 	for _, l := range all {
 		// The recorded device, even if its rbd-fuse died (its backing path then
 		// changes), and any device backed by the image file now.
@@ -164,19 +239,24 @@ func (f *FUSE) Unmap(ctx context.Context, s Spec, m Mapping) error {
 			continue
 		}
 		if _, err := f.r.Run(ctx, "losetup", "-d", l.Name); err != nil {
-			return fmt.Errorf("detaching %s: %w", l.Name, err)
+			return "", fmt.Errorf("detaching %s: %w", l.Name, err)
 		}
 	}
 	if IsMountPoint(dir) {
 		if _, err := f.r.Run(ctx, "fusermount", "-u", dir); err != nil {
 			// A dead daemon's mount needs a lazy unmount.
 			if _, err2 := f.r.Run(ctx, "fusermount", "-u", "-z", dir); err2 != nil {
-				return fmt.Errorf("unmounting rbd-fuse at %s: %w", dir, err)
+				return "", fmt.Errorf("unmounting rbd-fuse at %s: %w", dir, err)
 			}
 		}
 	}
-	// rbd-fuse exits on its own once unmounted; wait for it so nothing
-	// outlives the mapping, and end it (it serves only this mapping) if not.
+	return dir, nil
+}
+
+// removeMount waits for the rbd-fuse of an unmounted dir to exit (it does
+// on its own; it is ended if it lingers: it serves only this mapping), so
+// nothing outlives the mapping, then removes the directory and its log.
+func removeMount(ctx context.Context, dir string) error {
 	if err := waitGone(ctx, dir); err != nil {
 		return err
 	}
@@ -189,22 +269,40 @@ func (f *FUSE) Unmap(ctx context.Context, s Spec, m Mapping) error {
 }
 
 // Check implements Mapper. The loop device must be backed by the very file
-// rbd-fuse serves now (device and inode), not by a dead predecessor.
+// rbd-fuse serves now (device and inode), not by a dead predecessor. The
+// loop device is asked directly (LOOP_GET_STATUS64, as losetup does) rather
+// than through a `losetup --list` of every device: the check runs at every
+// NodeStage and NodePublish. Like the stat of the file before it, the ioctl
+// stats the backing file, which a stalled rbd-fuse answers within its op
+// timeouts.
 func (f *FUSE) Check(ctx context.Context, s Spec, m Mapping) error {
 	file := filepath.Join(m.Dir, s.Image)
-	if !fileAlive(file) {
+	st, err := os.Stat(file)
+	if err != nil || !st.Mode().IsRegular() {
 		return Gone("rbd-fuse no longer serves %s", file)
 	}
-	loops, err := f.loopsFor(ctx, file)
+	info, err := loopStatus(m.Device)
+	switch {
+	case errors.Is(err, unix.ENXIO), errors.Is(err, os.ErrNotExist):
+		return Gone("loop device %s is detached", m.Device)
+	case err != nil:
+		return fmt.Errorf("asking loop device %s for its backing file: %w", m.Device, err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if info.Inode != sys.Ino || unix.Major(info.Device) != unix.Major(sys.Dev) || unix.Minor(info.Device) != unix.Minor(sys.Dev) {
+		return Gone("loop device %s is no longer backed by %s", m.Device, file)
+	}
+	return nil
+}
+
+// loopStatus is the LOOP_GET_STATUS64 of the loop device dev.
+func loopStatus(dev string) (*unix.LoopInfo64, error) {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return nil, &os.PathError{Op: "open", Path: dev, Err: err}
 	}
-	for _, l := range loops {
-		if l.Name == m.Device {
-			return nil
-		}
-	}
-	return Gone("loop device %s is no longer backed by %s", m.Device, file)
+	defer unix.Close(fd)
+	return unix.IoctlLoopGetStatus64(fd)
 }
 
 // List implements Mapper: every <base>/<pool>/<image> directory (an rbd-fuse
@@ -300,23 +398,31 @@ func (f *FUSE) loops(ctx context.Context) ([]loopDev, error) {
 // loopsFor lists the loop devices backed by file as it is now (same device
 // and inode), which excludes devices left on a dead rbd-fuse's file.
 func (f *FUSE) loopsFor(ctx context.Context, file string) ([]loopDev, error) {
-	st, err := os.Stat(file)
-	if err != nil {
+	if _, err := os.Stat(file); err != nil {
 		return nil, nil
 	}
-	sys := st.Sys().(*syscall.Stat_t)
-	devID := fmt.Sprintf("%d:%d", unix.Major(sys.Dev), unix.Minor(sys.Dev))
 	all, err := f.loops(ctx)
 	if err != nil {
 		return nil, err
 	}
+	return backedBy(all, file), nil
+}
+
+// backedBy keeps the loop devices of all backed by file as it is now.
+func backedBy(all []loopDev, file string) []loopDev {
+	st, err := os.Stat(file)
+	if err != nil {
+		return nil
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	devID := fmt.Sprintf("%d:%d", unix.Major(sys.Dev), unix.Minor(sys.Dev))
 	var out []loopDev
 	for _, l := range all {
 		if l.BackIno == sys.Ino && strings.TrimSpace(l.BackDev) == devID {
 			out = append(out, l)
 		}
 	}
-	return out, nil
+	return out
 }
 
 func lastLines(b []byte) string {

@@ -4,8 +4,9 @@
 # kube-proxy, kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer,
 # snapshot-controller (with the snapshot CRDs), containerd (with its runc
 # shim, ctr and crictl), this repository's registrar and livenessprobe, and the
-# upstream storage suite: e2e.test (`go test -c` of k8s.io/kubernetes/test/e2e)
-# with the ginkgo runner of the same version (parallel runs) and agnhost,
+# upstream storage suite: e2e.test (`go test -c` of tools/storagee2e, which is
+# k8s.io/kubernetes/test/e2e's main with the storage tests only) with the
+# ginkgo runner of the same version (parallel runs) and agnhost,
 # the image its helper pods run.
 #
 # Cache: ${BASALT_K8S_CACHE:-$HOME/.cache/basalt-e2e}/<key>/bin, where <key>
@@ -20,7 +21,7 @@
 # the cluster part) adds e2e.test and ginkgo, which only TestUpstreamStorage,
 # the last test, needs. `make e2e` waits for the first and builds the second
 # in the background while its own tests run: on a cold machine that takes
-# the suite's build (~7 min) off the critical path. No argument: both.
+# the suite's build (~5 min) off the critical path. No argument: both.
 #
 # See docs in /work/shared/design/kubernetes-e2e.md for why it is built this
 # way (restricted module proxy, replace blocks, version ldflags).
@@ -224,9 +225,11 @@ build_suite() { # after build_cluster: the binaries go into its directory
 	fi
 	new_work suite
 	local t0=$SECONDS
-	log "building the suite part of $KEY into $BIN (cold: ~7 min)"
+	log "building the suite part of $KEY into $BIN (cold: ~5 min)"
+	# The storage suites only (tools/storagee2e): e2e.test's own main,
+	# without the other SIGs' tests.
 	step e2e.test env -C "$TOOLS_DIR" "${TESTBUILD[@]}" -ldflags "-s -w$(ver_flags "$K8S_VERSION")" \
-		-o "$WORK/bin/e2e.test" k8s.io/kubernetes/test/e2e
+		-o "$WORK/bin/e2e.test" ./storagee2e
 	step ginkgo build_tools_module "$WORK/bin/" github.com/onsi/ginkgo/v2/ginkgo
 	# e2e.test last: its presence with ginkgo's is what suite_complete checks.
 	mv "$WORK/bin/ginkgo" "$BIN/ginkgo"

@@ -36,7 +36,7 @@ func sumOf(fams map[string]*dto.MetricFamily, name string, want map[string]strin
 			match = match && have[k] == v
 		}
 		if match {
-			total += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			total += m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return total
@@ -67,6 +67,26 @@ func TestMetricsAndRefusalEvent(t *testing.T) {
 	nodeFams := scrapeVia(t, svc+"basalt-node-metrics:metrics/proxy")
 	if v := sumOf(nodeFams, "basalt_csi_requests_total", map[string]string{"method": "NodeStageVolume", "code": "OK"}); v < 1 {
 		t.Errorf("the node plugin counted %v successful NodeStageVolume calls, want at least 1", v)
+	}
+	if v := sumOf(nodeFams, "basalt_node_command_duration_seconds", map[string]string{"command": "mount"}); v < 1 {
+		t.Errorf("the node plugin timed %v mount commands, want at least 1", v)
+	}
+	// The controller's registry census sees the node plugin's heartbeat
+	// (every 30 s) from inside its container.
+	nodeName := str(get(jsonOf(t, "get", "nodes"), "items").([]any)[0], "metadata", "name")
+	seen := false
+	for _, m := range fams["basalt_node_last_seen_age_seconds"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "node" && l.GetValue() == nodeName {
+				seen = true
+				if age := m.GetGauge().GetValue(); age > 90 {
+					t.Errorf("basalt_node_last_seen_age_seconds{node=%q} = %v, want a heartbeat within 90 s", nodeName, age)
+				}
+			}
+		}
+	}
+	if !seen {
+		t.Errorf("no basalt_node_last_seen_age_seconds{node=%q} through the controller's Service", nodeName)
 	}
 
 	kubectlIn(t, `apiVersion: storage.k8s.io/v1

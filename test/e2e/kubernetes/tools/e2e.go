@@ -2,10 +2,11 @@
 
 package tools
 
-// The upstream storage suite: e2e.test is `go test -c` of
-// k8s.io/kubernetes/test/e2e, whose test file imports every package below;
-// `go mod tidy` keeps a dependency's test imports only when they are named
-// here. agnhost is the test image the suite's helper pods run; ginkgo, the
+// The upstream storage suite: e2e.test is `go test -c` of ./storagee2e,
+// k8s.io/kubernetes/test/e2e's main with the storage tests only. The
+// packages below are the full e2e_test.go's imports, named so that `go mod
+// tidy` keeps the module graph the full suite was pinned and tested with
+// (a dependency's test imports are kept only when they are named here). agnhost is the test image the suite's helper pods run; ginkgo, the
 // runner that runs e2e.test in parallel (the same version as its library).
 import (
 	_ "github.com/onsi/ginkgo/v2/ginkgo"
