@@ -4,17 +4,22 @@ import (
 	"context"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/metadata/fake"
 
 	"github.com/basalt-csi/basalt/pkg/config"
 )
 
 func TestLabelOf(t *testing.T) {
-	c := fake.NewSimpleClientset(
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"topology.kubernetes.io/zone": "zone-b"}}},
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}},
+	scheme := runtime.NewScheme()
+	if err := metav1.AddMetaToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	node := metav1.TypeMeta{APIVersion: "v1", Kind: "Node"}
+	c := fake.NewSimpleMetadataClient(scheme,
+		&metav1.PartialObjectMetadata{TypeMeta: node, ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"topology.kubernetes.io/zone": "zone-b"}}},
+		&metav1.PartialObjectMetadata{TypeMeta: node, ObjectMeta: metav1.ObjectMeta{Name: "n2"}},
 	)
 	ctx := context.Background()
 	if z, err := labelOf(ctx, c, "n1", "topology.kubernetes.io/zone"); err != nil || z != "zone-b" {

@@ -221,26 +221,15 @@ func (f *FUSE) unmount(ctx context.Context, s Spec, m Mapping) (string, error) {
 	if err := f.awaitReap(ctx, dir); err != nil {
 		return "", err
 	}
-	file := filepath.Join(dir, s.Image)
-	all, err := f.loops(ctx)
-	if err != nil {
+	if m.Device != "" && f.Check(ctx, s, Mapping{Dir: dir, Device: m.Device}) == nil {
+		// The common case: the recorded device on the live file. Map
+		// reuses a device already on the file, so there is no other one:
+		// detach it without listing every loop device.
+		if _, err := f.r.Run(ctx, "losetup", "-d", m.Device); err != nil {
+			return "", fmt.Errorf("detaching %s: %w", m.Device, err)
+		}
+	} else if err := f.detachAll(ctx, s, m.Device, filepath.Join(dir, s.Image)); err != nil {
 		return "", err
-	}
-	live := backedBy(all, file)
-	for _, l := range all {
-		// The recorded device, even if its rbd-fuse died (its backing path then
-		// changes), and any device backed by the image file now.
-		// (A dead daemon's file shows as "/<image> (deleted)".)
-		ours := l.Name == m.Device && filepath.Base(strings.TrimSuffix(l.BackFile, " (deleted)")) == s.Image
-		for _, o := range live {
-			ours = ours || o.Name == l.Name
-		}
-		if !ours {
-			continue
-		}
-		if _, err := f.r.Run(ctx, "losetup", "-d", l.Name); err != nil {
-			return "", fmt.Errorf("detaching %s: %w", l.Name, err)
-		}
 	}
 	if IsMountPoint(dir) {
 		if _, err := f.r.Run(ctx, "fusermount", "-u", dir); err != nil {
@@ -251,6 +240,32 @@ func (f *FUSE) unmount(ctx context.Context, s Spec, m Mapping) (string, error) {
 		}
 	}
 	return dir, nil
+}
+
+// detachAll detaches, from a listing of every loop device, device (even if
+// its rbd-fuse died: its backing path then changes) and any device backed
+// by file now: a mapping whose daemon died, or one whose device was never
+// recorded.
+func (f *FUSE) detachAll(ctx context.Context, s Spec, device, file string) error {
+	all, err := f.loops(ctx)
+	if err != nil {
+		return err
+	}
+	live := backedBy(all, file)
+	for _, l := range all {
+		// A dead daemon's file shows as "/<image> (deleted)".
+		ours := l.Name == device && filepath.Base(strings.TrimSuffix(l.BackFile, " (deleted)")) == s.Image
+		for _, o := range live {
+			ours = ours || o.Name == l.Name
+		}
+		if !ours {
+			continue
+		}
+		if _, err := f.r.Run(ctx, "losetup", "-d", l.Name); err != nil {
+			return fmt.Errorf("detaching %s: %w", l.Name, err)
+		}
+	}
+	return nil
 }
 
 // removeMount waits for the rbd-fuse of an unmounted dir to exit (it does
