@@ -25,7 +25,7 @@ var (
 	}, []string{"command"})
 	healActions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "basalt_node_heal_actions_total",
-		Help: "What the node plugin did with a staged volume it checked at start or on a repeated NodeStage, by outcome: alive (nothing to do), healed (mapped and mounted again in place), torn_down (no longer wanted), failed.",
+		Help: "What the node plugin did with a staged volume it checked at start (alive: nothing to do; torn_down: no longer wanted) or found broken then or at a repeated NodeStage (healed: mapped and mounted again in place; failed).",
 	}, []string{"outcome"})
 	stagedDesc = prometheus.NewDesc("basalt_node_staged_volumes",
 		"Volumes this node plugin holds staged (mapped, with a staging record), by mapper.", []string{"mapper"}, nil)
