@@ -96,7 +96,8 @@ daemon_pid() {
   local pid
   pid=$(cat "$DIR/pids/$1" 2>/dev/null) || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-c $CONF " || return 1
+  # grep without -q reads all: an early exit could SIGPIPE tr (pipefail).
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -F -- "-c $CONF " >/dev/null || return 1
   echo "$pid"
 }
 

@@ -9,7 +9,7 @@ set -euo pipefail
 conf=$1 pool=$2 name=$3 snap=$4 size=${5:-64} text=${6:-"hello from the basalt golden image"}
 rbd() { timeout 60 /usr/bin/rbd -c "$conf" "$@"; }
 
-if rbd snap ls "$pool/$name" 2>/dev/null | awk '{print $2}' | grep -qx "$snap"; then
+if rbd snap ls "$pool/$name" 2>/dev/null | awk '{print $2}' | grep -x "$snap" >/dev/null; then
   rbd snap protect "$pool/$name@$snap" 2>/dev/null || true
   exit 0
 fi

@@ -9,10 +9,10 @@ mapfile -t packages < <(awk '!/^#/ && NF {print $1}' "$(dirname "$0")/packages.t
 missing=()
 for p in "${packages[@]}"; do
   # fuse3 Breaks/Replaces fuse and still provides what rbd-fuse needs.
-  if [ "$p" = fuse ] && dpkg-query -W -f='${Status}' fuse3 2>/dev/null | grep -q "install ok installed"; then
+  if [ "$p" = fuse ] && dpkg-query -W -f='${Status}' fuse3 2>/dev/null | grep "install ok installed" >/dev/null; then
     continue
   fi
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null; then
     missing+=("$p")
   fi
 done

@@ -300,7 +300,11 @@ cmd_net() {
 
 cmd_start() {
   : "${BIN:?BIN must point at the tools built by build-tools.sh}"
-  ip -o addr show basalt-node0 2>/dev/null | grep -qF " $NODE_IP/" || { log "no $NODE_IP here: run cluster.sh net first"; return 1; }
+  # Not `| grep -q`: under pipefail, grep quitting at the first match can
+  # SIGPIPE the writer and fail the pipeline (it did, on a busy machine).
+  local addrs
+  addrs=$(ip -o addr show basalt-node0 2>/dev/null || true)
+  [[ $addrs == *" $NODE_IP/"* ]] || { log "no $NODE_IP here: run cluster.sh net first"; return 1; }
   : "${CEPH_CONF:?}" "${CEPH_KEYRING:?}"
   cmd_stop
   # A fresh cluster every time: stale objects in etcd would describe volumes
@@ -452,7 +456,7 @@ cmd_stop() {
   # loop devices on our FUSE files, the CNI bridge.
   for pid in $(pgrep -x rbd-fuse || true); do
     [ "$(readlink "/proc/$pid/ns/mnt")" = "$(readlink /proc/self/ns/mnt)" ] || continue
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$NODE_STATE/"; then kill -9 "$pid" 2>/dev/null || true; fi
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F "$NODE_STATE/" >/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   done
   # Loop devices first: once their FUSE mount is lazily unmounted, their
   # backing path no longer names our directory.
