@@ -47,13 +47,16 @@ func run(args []string) error {
 	if len(args) > 0 && (args[0] == "attachments" || args[0] == "nodes" || args[0] == "snapshots") {
 		return inspect(args[0], args[1:], os.Stdout)
 	}
+	if len(args) > 0 && args[0] == "images" {
+		return images(args[1:], os.Stdout)
+	}
 	if len(args) > 0 && args[0] == "check" {
 		return check(args[1:], os.Stdout)
 	}
 	var o options
 	fs := flag.NewFlagSet("basalt-csi", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: basalt-csi [flags]            serve CSI\n       basalt-csi attachments [--volume ID] [--node ID] [-o json] --config FILE\n       basalt-csi nodes [-o json] --config FILE\n       basalt-csi snapshots [--volume ID] [-o json] --config FILE\n       basalt-csi check [--repair] [-o json] --config FILE\n       basalt-csi check --node [--repair] [-o json] [--state-dir DIR] [--mapper M]\n\nflags:\n")
+		fmt.Fprintf(fs.Output(), "usage: basalt-csi [flags]            serve CSI\n       basalt-csi attachments [--volume ID] [--node ID] [-o json] --config FILE\n       basalt-csi nodes [-o json] --config FILE\n       basalt-csi snapshots [--volume ID] [-o json] --config FILE\n       basalt-csi images [-o json] --config FILE\n       basalt-csi images warm --image POOL/NAME@SNAP [--backend B] --config FILE\n       basalt-csi check [--repair] [-o json] --config FILE\n       basalt-csi check --node [--repair] [-o json] [--state-dir DIR] [--mapper M]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.endpoint, "endpoint", "unix:///var/lib/kubelet/plugins/rbd.basalt.dev/csi.sock", "CSI endpoint: unix:///path or tcp://host:port")

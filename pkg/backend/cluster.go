@@ -52,6 +52,21 @@ func ParseImageSpec(v string) (ImageSpec, error) {
 	return ImageSpec{Pool: pool, Image: name, Snap: snap}, nil
 }
 
+// SnapshotInfo describes a golden image's snapshot: its size, and what tells
+// it from another snapshot later made under the same name (its ID and
+// creation time), which is how image-cache entries are invalidated.
+type SnapshotInfo struct {
+	SizeBytes       uint64
+	ID              uint64
+	CreatedUnixNano int64
+}
+
+// Fingerprint identifies this snapshot of this cluster (fsid) for as long as
+// it exists; a snapshot replaced under the same name has another one.
+func (s SnapshotInfo) Fingerprint(fsid string) string {
+	return fmt.Sprintf("%s/%d/%d/%d", fsid, s.ID, s.CreatedUnixNano, s.SizeBytes)
+}
+
 // Stats is a backend pool's physical capacity.
 type Stats struct {
 	TotalBytes uint64
@@ -88,9 +103,9 @@ type Cluster interface {
 	Blocklist(ctx context.Context, addrs string) error
 	Stats(ctx context.Context) (Stats, error)
 
-	// SnapshotSize returns the size of spec's snapshot in this cluster;
-	// ErrNotFound when the pool, image or snapshot is absent; ErrNotProtected.
-	SnapshotSize(ctx context.Context, spec ImageSpec) (uint64, error)
+	// SnapshotInfo describes spec's snapshot in this cluster; ErrNotFound
+	// when the pool, image or snapshot is absent; ErrNotProtected.
+	SnapshotInfo(ctx context.Context, spec ImageSpec) (SnapshotInfo, error)
 	// Clone makes dst (in the backend pool) a COW clone of spec.
 	Clone(ctx context.Context, spec ImageSpec, dst string) error
 	// CopyFrom copies spec from another cluster into dst, sparsely.

@@ -59,9 +59,9 @@ func (c *Conn) inPool(ctx context.Context, pool string, f func(s *scope, ioctx *
 	return f(s, ioctx)
 }
 
-// SnapshotSize implements backend.Cluster.
-func (c *Conn) SnapshotSize(ctx context.Context, spec backend.ImageSpec) (uint64, error) {
-	var size uint64
+// SnapshotInfo implements backend.Cluster.
+func (c *Conn) SnapshotInfo(ctx context.Context, spec backend.ImageSpec) (backend.SnapshotInfo, error) {
+	var info backend.SnapshotInfo
 	err := c.inPool(ctx, spec.Pool, func(s *scope, ioctx *rados.IOContext) error {
 		return do(ctx, s, "inspecting "+spec.String(), func() error {
 			img, err := rbd.OpenImageReadOnly(ioctx, spec.Image, spec.Snap)
@@ -76,14 +76,23 @@ func (c *Conn) SnapshotSize(ctx context.Context, spec backend.ImageSpec) (uint64
 			if !protected {
 				return fmt.Errorf("%s: %w (run: rbd snap protect %s)", spec, backend.ErrNotProtected, spec)
 			}
-			size, err = img.GetSize()
+			if info.SizeBytes, err = img.GetSize(); err != nil {
+				return err
+			}
+			// The identity of this snapshot, as opposed to another one
+			// made later under the same name: its ID and creation time.
+			if info.ID, err = img.GetSnapID(spec.Snap); err != nil {
+				return translate(err)
+			}
+			ts, err := img.GetSnapTimestamp(info.ID)
+			info.CreatedUnixNano = ts.Sec*1e9 + ts.Nsec
 			return err
 		})
 	})
 	if err != nil {
-		return 0, err // size may still be written by an abandoned call
+		return backend.SnapshotInfo{}, err // info may still be written by an abandoned call
 	}
-	return size, nil
+	return info, nil
 }
 
 // Clone implements backend.Cluster.

@@ -32,6 +32,20 @@ type Backend struct {
 	// neither; without them node plugins use User and Keyring.
 	NodeUser    string `yaml:"nodeUser" json:"nodeUser,omitempty"`
 	NodeKeyring string `yaml:"nodeKeyring" json:"nodeKeyring,omitempty"`
+	// ImageCache is Cinder's image-volume cache for this backend's pool.
+	ImageCache ImageCache `yaml:"imageCache" json:"imageCache,omitempty"`
+}
+
+// ImageCache configures a backend's image-volume cache (Cinder's
+// image_volume_cache_enabled, _max_count, _max_size_gb): a golden image
+// from another cluster is copied once into this backend's pool and later
+// creates in the same cluster clone that copy (README, "Image-volume cache").
+type ImageCache struct {
+	Enabled bool `yaml:"enabled" json:"enabled"`
+	// MaxCount and MaxSizeGiB bound the entries kept in this pool (0: no
+	// bound); beyond them the least recently used entries are evicted.
+	MaxCount   int `yaml:"maxCount" json:"maxCount,omitempty"`
+	MaxSizeGiB int `yaml:"maxSizeGiB" json:"maxSizeGiB,omitempty"`
 }
 
 // Config is the whole file.
@@ -78,8 +92,9 @@ var (
 	topKeys = keySet("backends", "registryBackend", "scheduleAttempts", "cephTimeoutSeconds", "statsIntervalSeconds",
 		"maxSnapshotsPerImage", "maxCloneDepth", "flattenConcurrency", "flattenTimeoutSeconds")
 	backendKeys = keySet("name", "cephConf", "user", "keyring", "pool", "zone", "reservedPercentage", "maxOverSubscriptionRatio", "capabilities",
-		"nodeUser", "nodeKeyring")
-	required = []string{"name", "cephConf", "user", "keyring", "pool", "zone"}
+		"nodeUser", "nodeKeyring", "imageCache")
+	imageCacheKeys = keySet("enabled", "maxCount", "maxSizeGiB")
+	required       = []string{"name", "cephConf", "user", "keyring", "pool", "zone"}
 )
 
 func keySet(keys ...string) map[string]bool {
@@ -138,6 +153,16 @@ func Parse(path string, data []byte) (*Config, error) {
 		}); err != nil {
 			return nil, err
 		}
+		if ic := lookup(b, "imageCache"); ic != nil {
+			if ic.Kind != yaml.MappingNode {
+				return nil, fail("line %d: %s: `imageCache` must be a mapping", ic.Line, label)
+			}
+			if err := checkKeys(ic, imageCacheKeys, func(key string, line int) error {
+				return fail("line %d: %s: unknown key %q in imageCache (known: %s)", line, label, key, known(imageCacheKeys))
+			}); err != nil {
+				return nil, err
+			}
+		}
 		for _, k := range required {
 			if n := lookup(b, k); n == nil || strings.TrimSpace(n.Value) == "" {
 				return nil, fail("line %d: %s: missing required key %q", b.Line, label, k)
@@ -174,6 +199,9 @@ func (c *Config) validate() error {
 		}
 		if (b.NodeUser == "") != (b.NodeKeyring == "") {
 			return fmt.Errorf("backend %q: keys \"nodeUser\" and \"nodeKeyring\" go together (the node plugins' cephx user and its keyring)", b.Name)
+		}
+		if b.ImageCache.MaxCount < 0 || b.ImageCache.MaxSizeGiB < 0 {
+			return fmt.Errorf("backend %q: keys \"imageCache.maxCount\" and \"imageCache.maxSizeGiB\" must be >= 0 (0: no bound)", b.Name)
 		}
 		if b.MaxOverSubscriptionRatio == 0 {
 			b.MaxOverSubscriptionRatio = DefaultMaxOverSubscriptionRatio

@@ -14,7 +14,7 @@ import (
 // Finding is one thing in Ceph or the records that nothing accounts for.
 type Finding struct {
 	Backend  string `json:"backend,omitempty"`
-	Kind     string `json:"kind"`   // orphan-image, ghost-volume, orphan-snapshot, ghost-snapshot, stale-create
+	Kind     string `json:"kind"`   // orphan-image, orphan-cache-image, ghost-volume, orphan-snapshot, ghost-snapshot, stale-create
 	Object   string `json:"object"` // image, volume ID, snapshot ID or name
 	Detail   string `json:"detail"`
 	Repaired bool   `json:"repaired"`
@@ -93,6 +93,12 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 		}
 		rbdSnaps := map[string]bool{} // image@snap of every Basalt image
 		for _, img := range images {
+			if strings.HasPrefix(img, volumeid.CachePrefix) {
+				if f, ok := p.checkCacheImage(ctx, reg, cl, bname, img, repair); ok {
+					out = append(out, f)
+				}
+				continue
+			}
 			uuid, deletedImg := strings.CutPrefix(img, volumeid.DeletedPrefix)
 			if !deletedImg {
 				var ok bool

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
@@ -32,6 +33,9 @@ const (
 	// written at create and reset by a flatten, so that a restore or clone
 	// knows how deep it lands without opening every image up the chain.
 	MetaDepth = "basalt.depth"
+	// MetaCache names the image-cache image (pool/image) a volume was
+	// cloned from, when its golden image is in another cluster.
+	MetaCache = "basalt.cache-image"
 )
 
 // Request is a validated CreateVolume.
@@ -99,8 +103,12 @@ type Provisioner struct {
 	// incarnation is dead: FencePrevious blocklisted it).
 	Instance string
 
-	images imageCache
+	images imageLookups
 	flat   flattener
+
+	fillsMu sync.Mutex
+	fills   map[string]*fill // image-cache fills running, by fsid/key
+	hitsMu  sync.Mutex       // serialises image-cache hit counts
 }
 
 // TakeoverGrace is how long a reservation another controller is working on
@@ -136,8 +144,10 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 	var o origin
 	switch {
 	case req.Image != nil:
-		o.spec, o.label = req.Image, req.Image.String()
-		o.clusters, o.size, o.sources, err = p.findImage(ctx, *req.Image)
+		o, err = p.findImage(ctx, *req.Image)
+		if err == nil {
+			err = p.addCachedClusters(ctx, reg, &o)
+		}
 	case req.Source != nil:
 		o, err = p.resolveSource(ctx, reg, *req.Source)
 		req.Params = withSource(req.Params, *req.Source)
@@ -392,7 +402,7 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 	}
 	id.UUID = res.UUID
 	image := id.ImageName()
-	method := "blank"
+	method, viaCache := "blank", false
 	meta := map[string]string{MetaName: req.Name}
 	maps.Copy(meta, req.Metadata)
 	var spec backend.ImageSpec
@@ -407,6 +417,12 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 			meta[MetaSourceFSID] = cl.ClusterID()
 		} else {
 			method = "copy"
+		}
+		// A golden image from another cluster is cloned from the image
+		// cache there when there is an entry or the backend keeps one.
+		if o.golden && o.sources[cl.ClusterID()] == nil && (local || bcfg.ImageCache.Enabled) {
+			viaCache, method = true, "clone"
+			meta[MetaSourceFSID] = cl.ClusterID()
 		}
 	}
 	meta[MetaSourceMethod] = method
@@ -428,6 +444,16 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 			src := pickSource(o.sources)
 			if src == nil {
 				return fmt.Errorf("%s is in no reachable cluster", o.label)
+			}
+			if viaCache {
+				err := p.cloneCached(ctx, reg, bname, cl, spec, src, image, meta)
+				if !errors.Is(err, errNoCacheEntry) {
+					return err
+				}
+				// Evicted since placement, and this backend keeps no cache.
+				meta[MetaSourceMethod], meta[MetaDepth] = "copy", "0"
+				delete(meta, MetaSourceFSID)
+				return cl.CopyFrom(ctx, src, spec, image)
 			}
 			do := func() error {
 				if method == "clone" {
@@ -493,53 +519,49 @@ func (p *Provisioner) createOn(ctx context.Context, log *slog.Logger, reg *recor
 
 // findImage looks for the golden image in every reachable cluster, reusing
 // a recent answer while every cluster it named is still reachable.
-func (p *Provisioner) findImage(ctx context.Context, spec backend.ImageSpec) (map[string]bool, uint64, map[string]backend.Cluster, error) {
+func (p *Provisioner) findImage(ctx context.Context, spec backend.ImageSpec) (origin, error) {
+	o := origin{spec: &spec, label: spec.String(), golden: true,
+		clusters: map[string]bool{}, sources: map[string]backend.Cluster{}, fingerprints: map[string]string{}}
 	clusters := p.Backends.Clusters()
 	if e, ok := p.images.get(spec); ok {
-		found := map[string]bool{}
-		sources := map[string]backend.Cluster{}
-		for _, fsid := range e.fsids {
+		for fsid, fp := range e.fingerprints {
 			if cl, up := clusters[fsid]; up {
-				found[fsid], sources[fsid] = true, cl
+				o.clusters[fsid], o.sources[fsid], o.fingerprints[fsid] = true, cl, fp
 			}
 		}
-		if len(found) == len(e.fsids) {
-			return found, e.size, sources, nil
+		if len(o.clusters) == len(e.fingerprints) {
+			o.size = e.size
+			return o, nil
 		}
+		o.clusters, o.sources, o.fingerprints = map[string]bool{}, map[string]backend.Cluster{}, map[string]string{}
 	}
-	found := map[string]bool{}
-	sources := map[string]backend.Cluster{}
-	var size uint64
 	var problems []string
 	for fsid, cl := range clusters {
-		s, err := cl.SnapshotSize(ctx, spec)
+		info, err := cl.SnapshotInfo(ctx, spec)
 		switch {
 		case err == nil:
-			found[fsid], sources[fsid], size = true, cl, s
+			o.clusters[fsid], o.sources[fsid], o.size = true, cl, info.SizeBytes
+			o.fingerprints[fsid] = info.Fingerprint(fsid)
 		case errors.Is(err, backend.ErrNotProtected):
-			return nil, 0, nil, errorf(FailedPrecondition, err, "image %s cannot be cloned", spec)
+			return origin{}, errorf(FailedPrecondition, err, "image %s cannot be cloned", spec)
 		case errors.Is(err, backend.ErrNotFound):
 		default:
 			problems = append(problems, fmt.Sprintf("cluster %s: %v", fsid, err))
 		}
 	}
-	if down := p.Backends.Down(); len(found) == 0 && len(down) > 0 {
+	if down := p.Backends.Down(); len(o.clusters) == 0 && len(down) > 0 {
 		problems = append(problems, fmt.Sprintf("backends %v are down", down))
 	}
-	if len(found) == 0 {
+	if len(o.clusters) == 0 {
 		if len(problems) > 0 {
-			return nil, 0, nil, errorf(Unavailable, nil, "image %s was not found, and some clusters could not be searched: %s", spec, strings.Join(problems, "; "))
+			return origin{}, errorf(Unavailable, nil, "image %s was not found, and some clusters could not be searched: %s", spec, strings.Join(problems, "; "))
 		}
-		return nil, 0, nil, errorf(NotFound, nil, "image %s was not found in any reachable cluster (it must be a protected snapshot: rbd snap create/protect)", spec)
+		return origin{}, errorf(NotFound, nil, "image %s was not found in any reachable cluster (it must be a protected snapshot: rbd snap create/protect)", spec)
 	}
 	if len(problems) == 0 {
-		fsids := make([]string, 0, len(found))
-		for f := range found {
-			fsids = append(fsids, f)
-		}
-		p.images.put(spec, fsids, size)
+		p.images.put(spec, maps.Clone(o.fingerprints), o.size)
 	}
-	return found, size, sources, nil
+	return o, nil
 }
 
 func pickSource(sources map[string]backend.Cluster) backend.Cluster {

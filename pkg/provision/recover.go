@@ -49,6 +49,12 @@ func (p *Provisioner) Recover(ctx context.Context, grace time.Duration) (undone 
 	if err := p.RecoverMoves(ctx, grace); err != nil {
 		return undone, err
 	}
+	// Evicted image-cache images whose last clone has gone since.
+	if p.cacheEnabled() {
+		for _, bname := range p.Backends.Up() {
+			p.removeRetired(ctx, reg, bname)
+		}
+	}
 	// Deleted volumes whose images a crash kept past their last snapshot.
 	return undone, p.SweepDeleted(ctx)
 }

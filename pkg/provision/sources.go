@@ -34,6 +34,12 @@ type origin struct {
 	// altImage is where the origin's image is once its volume was deleted
 	// (set aside for its snapshots): tried when spec.Image is not found.
 	altImage string
+	// golden: a golden image, which the image-volume cache may hold in
+	// clusters other than its own; fingerprints are its snapshot's there
+	// (by fsid), cached the fsids of clusters holding a valid cache entry.
+	golden       bool
+	fingerprints map[string]string
+	cached       map[string]bool
 }
 
 // depthOf reads a volume's recorded clone depth as origin.depth counts it.

@@ -112,6 +112,10 @@ const (
 // exist: it is removed when the last of them goes (see provision.Delete).
 const DeletedPrefix = "basalt-deleted-"
 
+// CachePrefix names the images of the image-volume cache: copies of golden
+// images from other clusters, which volumes clone (not volumes themselves).
+const CachePrefix = "basalt-cache-"
+
 // SnapshotID identifies one snapshot of one volume.
 type SnapshotID struct {
 	Volume ID

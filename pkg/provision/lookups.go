@@ -12,20 +12,20 @@ import (
 // the entry is dropped and the create is rescheduled or reported.
 const imageTTL = 30 * time.Second
 
-// imageCache remembers which clusters hold a golden image, so a burst of
+// imageLookups remembers which clusters hold a golden image, so a burst of
 // creates from one image does not open it once per volume.
-type imageCache struct {
+type imageLookups struct {
 	mu      sync.Mutex
 	entries map[backend.ImageSpec]imageEntry
 }
 
 type imageEntry struct {
-	fsids   []string
-	size    uint64
-	expires time.Time
+	fingerprints map[string]string // fsid -> the snapshot's fingerprint there
+	size         uint64
+	expires      time.Time
 }
 
-func (c *imageCache) get(spec backend.ImageSpec) (imageEntry, bool) {
+func (c *imageLookups) get(spec backend.ImageSpec) (imageEntry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[spec]
@@ -35,16 +35,16 @@ func (c *imageCache) get(spec backend.ImageSpec) (imageEntry, bool) {
 	return e, true
 }
 
-func (c *imageCache) put(spec backend.ImageSpec, fsids []string, size uint64) {
+func (c *imageLookups) put(spec backend.ImageSpec, fingerprints map[string]string, size uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.entries == nil {
 		c.entries = map[backend.ImageSpec]imageEntry{}
 	}
-	c.entries[spec] = imageEntry{fsids: fsids, size: size, expires: time.Now().Add(imageTTL)}
+	c.entries[spec] = imageEntry{fingerprints: fingerprints, size: size, expires: time.Now().Add(imageTTL)}
 }
 
-func (c *imageCache) forget(spec backend.ImageSpec) {
+func (c *imageLookups) forget(spec backend.ImageSpec) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.entries, spec)
