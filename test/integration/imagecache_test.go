@@ -238,3 +238,45 @@ func TestImageCacheFillCrash(t *testing.T) {
 		emptyCache(t, startDriver(t, cacheYAML(2), nil))
 	}
 }
+
+// Two controllers (separate processes, other instance IDs) creating from
+// one golden image in the other cluster at once: the durable fill lock
+// makes them copy once; the loser waits and clones.
+func TestImageCacheOneCopyAcrossControllers(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfg, []byte(cacheYAML(2)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gold := makeGolden(t, "cacheshared", "shared text")
+	var procs []*proc
+	for i := range 2 {
+		procs = append(procs, startBinaryArgs(t, cfg, filepath.Join(t.TempDir(), "csi.sock"), []string{fmt.Sprintf("--instance-id=cache-ctl-%d", i)}))
+	}
+	var wg sync.WaitGroup
+	ids := make([]string, 6)
+	errs := make([]error, 6)
+	for i := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := procs[i%2].ctrl.CreateVolume(opCtx(t), &csi.CreateVolumeRequest{Name: fmt.Sprintf("pvc-cache-shared-%d", i), VolumeCapabilities: mountCap(),
+				CapacityRange: &csi.CapacityRange{RequiredBytes: gib}, Parameters: map[string]string{"image": gold}, AccessibilityRequirements: zoneReq("zone-b")})
+			ids[i], errs[i] = r.GetVolume().GetVolumeId(), err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("create %d: %v\n%s\n%s", i, err, procs[0].log, procs[1].log)
+		}
+	}
+	if imgs := cacheImages(t); len(imgs) != 1 {
+		t.Fatalf("cache images after concurrent first creates in two controllers: %v, want one", imgs)
+	}
+	for _, id := range ids {
+		if _, err := procs[0].ctrl.DeleteVolume(opCtx(t), &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	emptyCache(t, startDriver(t, cacheYAML(2), nil))
+}
