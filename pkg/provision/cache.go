@@ -151,7 +151,7 @@ func (p *Provisioner) cloneCached(ctx context.Context, reg *records.Registry, bn
 			return nil
 		}
 		metrics.CacheLookup(bname, metrics.CacheHit)
-		p.noteCacheHit(ctx, reg, e)
+		p.noteCacheHit(reg, e)
 		return nil
 	}
 }
@@ -357,19 +357,60 @@ func (p *Provisioner) removeCacheImage(ctx context.Context, bname, image string)
 }
 
 // noteCacheHit counts a hit and the entry's last use (for the LRU order).
-// Concurrent hits in one process are serialised; across controllers one
-// may be lost, which only makes the count approximate.
-func (p *Provisioner) noteCacheHit(ctx context.Context, reg *records.Registry, e records.CacheEntry) {
+// The records are written in the background, one flusher at a time, so
+// that concurrent hits neither wait for nor overwrite each other; counts
+// not yet written when the controller dies are lost (the figures are
+// approximate, the LRU order slightly older).
+func (p *Provisioner) noteCacheHit(reg *records.Registry, e records.CacheEntry) {
 	p.hitsMu.Lock()
 	defer p.hitsMu.Unlock()
-	cur, err := reg.CacheEntry(ctx, e.FSID, e.Key)
-	if err == nil {
-		cur.Hits++
-		cur.LastUsed = time.Now().UTC()
-		err = reg.SaveCacheEntry(ctx, cur)
+	if p.hits == nil {
+		p.hits = map[string]*pendingHits{}
 	}
-	if err != nil && !errors.Is(err, records.ErrNotFound) {
-		p.Log.Warn("could not record an image-cache hit", "cacheImage", e.Image, "error", err)
+	id := e.FSID + "/" + e.Key
+	h := p.hits[id]
+	if h == nil {
+		h = &pendingHits{entry: e}
+		p.hits[id] = h
+	}
+	h.n++
+	h.last = time.Now().UTC()
+	if !p.hitFlushing {
+		p.hitFlushing = true
+		go p.flushHits(reg)
+	}
+}
+
+type pendingHits struct {
+	entry records.CacheEntry
+	n     int64
+	last  time.Time
+}
+
+func (p *Provisioner) flushHits(reg *records.Registry) {
+	for {
+		p.hitsMu.Lock()
+		batch := p.hits
+		p.hits = nil
+		if len(batch) == 0 {
+			p.hitFlushing = false
+			p.hitsMu.Unlock()
+			return
+		}
+		p.hitsMu.Unlock()
+		for _, h := range batch {
+			ctx, cancel := context.WithTimeout(context.Background(), flow.UndoTimeout)
+			cur, err := reg.CacheEntry(ctx, h.entry.FSID, h.entry.Key)
+			if err == nil {
+				cur.Hits += h.n
+				cur.LastUsed = h.last
+				err = reg.SaveCacheEntry(ctx, cur)
+			}
+			cancel()
+			if err != nil && !errors.Is(err, records.ErrNotFound) { // not found: evicted meanwhile
+				p.Log.Warn("could not record image-cache hits", "cacheImage", h.entry.Image, "hits", h.n, "error", err)
+			}
+		}
 	}
 }
 

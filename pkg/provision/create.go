@@ -108,7 +108,10 @@ type Provisioner struct {
 
 	fillsMu sync.Mutex
 	fills   map[string]*fill // image-cache fills running, by fsid/key
-	hitsMu  sync.Mutex       // serialises image-cache hit counts
+	// image-cache hits not yet recorded, flushed by one goroutine at a time
+	hitsMu      sync.Mutex
+	hits        map[string]*pendingHits
+	hitFlushing bool
 }
 
 // TakeoverGrace is how long a reservation another controller is working on

@@ -167,23 +167,8 @@ func tail(s string, n int) string {
 }
 
 func (e *env) connectRados(ctx context.Context) error {
-	conn, err := rados.NewConnWithUser("admin")
+	conn, err := dialRados(ctx, e.cephConf, e.keyring)
 	if err != nil {
-		return err
-	}
-	if err := conn.ReadConfigFile(e.cephConf); err != nil {
-		conn.Shutdown()
-		return fmt.Errorf("reading %s: %w", e.cephConf, err)
-	}
-	for k, v := range map[string]string{"keyring": e.keyring, "log_to_stderr": "false", "err_to_stderr": "false",
-		"rados_osd_op_timeout": "30", "rados_mon_op_timeout": "30", "client_mount_timeout": "30"} {
-		if err := conn.SetConfigOption(k, v); err != nil {
-			conn.Shutdown()
-			return fmt.Errorf("setting %s: %w", k, err)
-		}
-	}
-	if err := withDeadline(ctx, 60*time.Second, "connecting to the cluster", conn.Connect); err != nil {
-		go conn.Shutdown()
 		return err
 	}
 	e.rconn = conn
@@ -589,4 +574,28 @@ func nproc() int {
 		}
 	}
 	return 0
+}
+
+// dialRados connects to the cluster of conf as admin.
+func dialRados(ctx context.Context, conf, keyring string) (*rados.Conn, error) {
+	conn, err := rados.NewConnWithUser("admin")
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.ReadConfigFile(conf); err != nil {
+		conn.Shutdown()
+		return nil, fmt.Errorf("reading %s: %w", conf, err)
+	}
+	for k, v := range map[string]string{"keyring": keyring, "log_to_stderr": "false", "err_to_stderr": "false",
+		"rados_osd_op_timeout": "30", "rados_mon_op_timeout": "30", "client_mount_timeout": "30"} {
+		if err := conn.SetConfigOption(k, v); err != nil {
+			conn.Shutdown()
+			return nil, fmt.Errorf("setting %s: %w", k, err)
+		}
+	}
+	if err := withDeadline(ctx, 60*time.Second, "connecting to the cluster", conn.Connect); err != nil {
+		go conn.Shutdown()
+		return nil, err
+	}
+	return conn, nil
 }

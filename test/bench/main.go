@@ -40,7 +40,7 @@ import (
 	"time"
 )
 
-var allParts = []string{"create", "delete", "snapshot", "publish", "node", "memory", "scale"}
+var allParts = []string{"create", "delete", "snapshot", "publish", "node", "memory", "scale", "cache"}
 
 type options struct {
 	n       int
@@ -211,6 +211,7 @@ func run(ctx context.Context, o *options) (code int) {
 		{"publish", o.has("publish"), b.publish},
 		{"node", o.has("node") && o.nodeN > 0, b.node},
 		{"memory/scale", (o.has("memory") || o.has("scale")) && o.scaleN > 0, b.scale},
+		{"image cache", o.has("cache"), b.cacheBench},
 	}
 	for _, s := range steps {
 		if !s.on || ctx.Err() != nil {

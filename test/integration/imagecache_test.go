@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
@@ -137,7 +138,15 @@ func TestImageCache(t *testing.T) {
 	}
 	hit := create(t, d, "pvc-cache-hit", gib, params, zoneReq("zone-b"))
 	vols = append(vols, hit)
-	entries, err := reg.CacheEntries(tctx(t))
+	// Hits are recorded in the background, right after the create.
+	var entries []records.CacheEntry
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		entries, err = reg.CacheEntries(tctx(t))
+		if err != nil || (len(entries) == 1 && entries[0].Hits > 0) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil || len(entries) != 1 || entries[0].Hits != 1 || entries[0].Image != imgs[0] || entries[0].Source != gold {
 		t.Fatalf("cache entries %+v (%v): want one, for %s, with one hit", entries, err, gold)
 	}
