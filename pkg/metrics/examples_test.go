@@ -57,6 +57,9 @@ func TestExamplesUseRegisteredMetrics(t *testing.T) {
 	Healed(HealAlive)
 	Recovered(RecoveryUndoCreate)
 	Flattened(0, nil)
+	CacheLookup("x", CacheHit)
+	CacheFilled("x", 0, nil)
+	CacheEvicted("x", "count")
 	names := registeredNames(t)
 
 	var exprs []string

@@ -131,7 +131,8 @@ func TestLabelsAreBounded(t *testing.T) {
 	// Node IDs are bounded by the cluster's size, like backends by the
 	// configuration; volume IDs and names never appear.
 	allowed := map[string]bool{"method": true, "code": true, "backend": true, "zone": true, "filter": true,
-		"op": true, "command": true, "outcome": true, "action": true, "kind": true, "node": true, "mapper": true}
+		"op": true, "command": true, "outcome": true, "action": true, "kind": true, "node": true, "mapper": true,
+		"reason": true} // reason: stale, count or size (image-cache evictions)
 	for _, g := range []prometheus.Gatherer{Registry, reg} {
 		fams, err := g.Gather()
 		if err != nil {
