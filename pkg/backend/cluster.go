@@ -85,6 +85,18 @@ type Usage struct {
 	Watchers int      // clients with the image open (mapped)
 	Clients  []string // their addresses, as `ceph osd blocklist` takes them
 	Parent   string   // the parent image, if a clone of one in the same pool
+	// ParentImage is the parent image's name in whatever pool ("" when
+	// the image is not a clone).
+	ParentImage string
+	// Snapshots counts the image's snapshots of every kind (its own, group
+	// members', and those in the snapshot trash waiting for clones).
+	Snapshots int
+}
+
+// TrashEntry is an image in a pool's RBD trash.
+type TrashEntry struct {
+	ID   string // what PurgeTrash takes
+	Name string // the image's name before it was trashed
 }
 
 // Cluster is everything Basalt does on one backend: its Ceph cluster and pool.
@@ -121,6 +133,15 @@ type Cluster interface {
 	// ErrHasSnapshots while it has snapshots (those in Ceph's snapshot
 	// trash, which wait for their last clone, included).
 	RemoveImage(ctx context.Context, name string) error
+	// TrashImage moves an image without snapshots to the pool's RBD trash,
+	// in constant time whatever its size; absent is success.
+	TrashImage(ctx context.Context, name string) error
+	// TrashEntries lists the pool's RBD trash.
+	TrashEntries(ctx context.Context) ([]TrashEntry, error)
+	// PurgeTrash removes trash entry id and its data, under timeout (the
+	// time is proportional to the image's size). A purge of id already
+	// running in this process is not started again: it returns nil.
+	PurgeTrash(ctx context.Context, id string, timeout time.Duration) error
 	// RenameImage renames an image in the backend pool; clones keep their
 	// parent (they refer to it by ID).
 	RenameImage(ctx context.Context, from, to string) error

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
@@ -258,10 +259,15 @@ func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
 			u.Clients = append(u.Clients, x.Addr)
 		}
 		parent, err := img.GetParent()
-		if err == nil && parent.Image.PoolName == c.pool && !parent.Image.Trash {
-			u.Parent = parent.Image.ImageName
+		if err == nil && !parent.Image.Trash {
+			u.ParentImage = parent.Image.ImageName
+			if parent.Image.PoolName == c.pool {
+				u.Parent = parent.Image.ImageName
+			}
 		}
-		return nil
+		snaps, err := img.GetSnapshotNames() // every namespace: user, group, trash
+		u.Snapshots = len(snaps)
+		return err
 	})
 	if err != nil {
 		return backend.Usage{}, err // u may still be written by an abandoned call
@@ -276,6 +282,56 @@ func (c *Conn) RemoveImage(ctx context.Context, name string) error {
 	}
 	err := translate(c.do(ctx, fmt.Sprintf("removing %s/%s", c.pool, name), func() error {
 		return rbd.RemoveImage(c.ioctx, name)
+	}))
+	if err != nil && isNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// TrashImage implements backend.Cluster.
+func (c *Conn) TrashImage(ctx context.Context, name string) error {
+	if err := busy.wait(ctx, c.busyKey(name)); err != nil {
+		return err
+	}
+	err := translate(c.do(ctx, fmt.Sprintf("moving %s/%s to the trash", c.pool, name), func() error {
+		return rbd.GetImage(c.ioctx, name).Trash(0)
+	}))
+	if err != nil && isNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// TrashEntries implements backend.Cluster.
+func (c *Conn) TrashEntries(ctx context.Context) ([]backend.TrashEntry, error) {
+	list, err := call(ctx, c.s, "listing the trash of "+c.pool, func() ([]rbd.TrashInfo, error) {
+		return rbd.GetTrashList(c.ioctx)
+	})
+	if err != nil {
+		return nil, translate(err)
+	}
+	out := make([]backend.TrashEntry, 0, len(list))
+	for _, t := range list {
+		out = append(out, backend.TrashEntry{ID: t.Id, Name: t.Name})
+	}
+	return out, nil
+}
+
+// PurgeTrash implements backend.Cluster.
+func (c *Conn) PurgeTrash(ctx context.Context, id string, timeout time.Duration) error {
+	key := c.fsid + "/trash/" + id
+	if busy.running(key) {
+		return nil // a purge abandoned at its deadline still runs
+	}
+	s, err := c.s.child()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	s.timeout = timeout
+	err = translate(c.writing(ctx, s, fmt.Sprintf("purging %s from the trash of %s", id, c.pool), "trash/"+id, func() error {
+		return rbd.TrashRemove(c.ioctx, id, false)
 	}))
 	if err != nil && isNotFound(err) {
 		return nil

@@ -59,6 +59,13 @@ func (f *inflight) start(image string) func() {
 	}
 }
 
+// running reports whether an operation on image runs.
+func (f *inflight) running(image string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ops[image] != nil
+}
+
 // wait returns once no operation on image runs, or ctx's error.
 func (f *inflight) wait(ctx context.Context, image string) error {
 	f.mu.Lock()

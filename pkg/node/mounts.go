@@ -107,6 +107,36 @@ func (m *Mounts) FormatAndMount(ctx context.Context, dev, target, fs string, opt
 	})
 }
 
+// DiskFormat is the filesystem blkid finds on dev ("" when blank).
+func (m *Mounts) DiskFormat(ctx context.Context, dev string) (string, error) {
+	var format string
+	err := withDeadline(ctx, "probing "+dev, func() error {
+		var err error
+		format, err = m.m.GetDiskFormat(dev)
+		return err
+	})
+	return format, err
+}
+
+// FormatBlankAndMount formats dev, which DiskFormat just found blank, with
+// fs and mounts it: what FormatAndMount does for a blank device, without
+// probing it a second time (the stage already did, for the offline grow).
+// The arguments are mount-utils' own.
+func (m *Mounts) FormatBlankAndMount(ctx context.Context, dev, target, fs string, opts []string) error {
+	args := []string{dev}
+	switch fs {
+	case "ext4", "ext3":
+		args = []string{"-F", "-m0", dev}
+	case "xfs":
+		args = []string{"-f", dev}
+	}
+	args = append(formatOptions(fs), args...)
+	if out, err := m.m.Exec.Command("mkfs."+fs, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("format of %s as %s failed: %v: %s", dev, fs, err, strings.TrimSpace(string(out)))
+	}
+	return m.Mount(ctx, dev, target, fs, append(append([]string(nil), opts...), "defaults"))
+}
+
 // Mount runs mount(8).
 func (m *Mounts) Mount(ctx context.Context, source, target, fs string, opts []string) error {
 	return withDeadline(ctx, "mounting "+source, func() error { return m.m.Mount(source, target, fs, opts) })
@@ -230,14 +260,13 @@ func isCorrupted(err error) bool {
 	return err != nil && (mount.IsCorruptedMnt(err) || strings.Contains(err.Error(), "transport endpoint is not connected"))
 }
 
-// GrowExt4Offline grows an unmounted ext2/3/4 filesystem on dev to fill the
-// device (e2fsck -f, then resize2fs). Growing before the first mount needs
+// GrowExt4Offline grows an unmounted ext2/3/4 filesystem (format, as
+// DiskFormat found it) on dev to fill the device (e2fsck -f, then resize2fs). Growing before the first mount needs
 // no CAP_SYS_RESOURCE, which online resize does, and is what a clone from a
 // small golden image needs anyway. It reports whether it grew anything.
-func (m *Mounts) GrowExt4Offline(ctx context.Context, dev string) (bool, error) {
-	format, err := m.m.GetDiskFormat(dev)
-	if err != nil || (format != "ext4" && format != "ext3" && format != "ext2") {
-		return false, err
+func (m *Mounts) GrowExt4Offline(ctx context.Context, dev, format string) (bool, error) {
+	if format != "ext4" && format != "ext3" && format != "ext2" {
+		return false, nil
 	}
 	fsBytes, err := m.ext4Size(dev)
 	if err != nil {

@@ -229,8 +229,17 @@ func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Recor
 	// uses the device. Every stage checks: neither the volume_context nor
 	// the publish context (Kubernetes keeps an attachment across an
 	// expansion) tells reliably that a blank volume was not grown since.
+	mount := s.Mounts.FormatAndMount
 	if !rec.ReadOnly {
-		grew, err := s.Mounts.GrowExt4Offline(ctx, rec.Mapping.Device)
+		format, err := s.Mounts.DiskFormat(ctx, rec.Mapping.Device)
+		if err != nil {
+			return status.Errorf(codes.Internal, "probing the filesystem on %s: %v", rec.Mapping.Device, err)
+		}
+		if format == "" {
+			// Blank: format it without FormatAndMount probing it again.
+			mount = s.Mounts.FormatBlankAndMount
+		}
+		grew, err := s.Mounts.GrowExt4Offline(ctx, rec.Mapping.Device, format)
 		if err != nil {
 			return status.Errorf(codes.Internal, "growing the filesystem on %s: %v", rec.Mapping.Device, err)
 		}
@@ -238,7 +247,7 @@ func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Recor
 			log.Info("filesystem grown to fill the volume", "device", rec.Mapping.Device)
 		}
 	}
-	if err := s.Mounts.FormatAndMount(ctx, rec.Mapping.Device, rec.StagingPath, rec.FsType, opts); err != nil {
+	if err := mount(ctx, rec.Mapping.Device, rec.StagingPath, rec.FsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "mounting %s (%s) at %s: %v", rec.Mapping.Device, rec.FsType, rec.StagingPath, err)
 	}
 	if rec.ReadOnly || rec.FsType != "xfs" {

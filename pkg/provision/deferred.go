@@ -95,6 +95,13 @@ func (p *Provisioner) SweepDeleted(ctx context.Context) error {
 		}
 		p.reapDeleted(ctx, reg, cl, bname, id.DeletedImageName(), kv.Key)
 	}
+	for _, bname := range p.Backends.Up() {
+		if cl, _, err := p.Backends.Get(bname); err == nil {
+			if err := p.purgeTrash(ctx, reg, bname, cl); err != nil {
+				p.Log.Warn("could not look at the trash; next sweep", "backend", bname, "error", err)
+			}
+		}
+	}
 	return nil
 }
 

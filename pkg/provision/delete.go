@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/failpoint"
@@ -75,8 +76,15 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 	if ierr != nil && !errors.Is(ierr, records.ErrNotFound) {
 		return classify(ierr, "reading the volume index")
 	}
-	deferred := false
-	err = cl.RemoveImage(ctx, image)
+	deferred, trashed := false, false
+	if err == nil && trashable(usage) {
+		// Cinder's deferred deletion (and ceph-csi's): the trash move takes
+		// the same few metadata writes whatever the image's size; the data
+		// goes in the background (purgeSoon, and the sweeper's passes).
+		err, trashed = cl.TrashImage(ctx, image), true
+	} else {
+		err = cl.RemoveImage(ctx, image)
+	}
 	switch {
 	case errors.Is(err, backend.ErrHasSnapshots):
 		// Listed first, so a crash before the rename leaves a trace the
@@ -126,10 +134,98 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 		p.reapDeleted(ctx, reg, cl, bname, id.DeletedImageName(), volumeID)
 		return nil
 	}
+	if trashed {
+		p.purgeSoon(cl, bname, image, usage.Parent)
+		p.kickSweeper() // and what crashed deletes left there
+		log.Info("volume deleted; its image is in the RBD trash, purged in the background", "backend", bname, "image", image)
+		return nil
+	}
 	// Its parent may be a deleted volume's image that only it still needed.
 	p.reapDeleted(ctx, reg, cl, bname, usage.Parent, "")
 	p.kickSweeper()
 	log.Info("volume deleted", "backend", bname, "image", image)
+	return nil
+}
+
+// trashable tells whether a volume's image may go to the RBD trash: not
+// when it has snapshots (they stay restorable: the image is set aside
+// instead), nor when it is a clone of another volume or snapshot, which must
+// not keep a dependent after this DeleteVolume returned (its source could
+// not be deleted, retyped or reaped until the purge). Clones of golden
+// images and image-cache entries, copies and blank volumes may.
+func trashable(u backend.Usage) bool {
+	if u.Snapshots > 0 {
+		return false
+	}
+	basaltParent := strings.HasPrefix(u.ParentImage, volumeid.ImagePrefix) && !strings.HasPrefix(u.ParentImage, volumeid.CachePrefix)
+	return !basaltParent
+}
+
+// purgeSoon removes a deleted volume's image from the RBD trash in the
+// background, under flattenTimeoutSeconds (removing the data takes time
+// proportional to the image's size), then looks at its parent, which may be
+// a deleted volume's image only it still needed. Whatever this does not
+// finish (a crash, a deadline) the sweeper's next pass does (purgeTrash).
+func (p *Provisioner) purgeSoon(cl backend.Cluster, bname, image, parent string) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), p.purgeTimeout())
+		defer cancel()
+		entries, err := cl.TrashEntries(ctx)
+		if err != nil {
+			p.Log.Warn("could not list the trash; the sweeper purges it later", "backend", bname, "error", err)
+			return
+		}
+		for _, e := range entries {
+			if e.Name != image {
+				continue
+			}
+			if err := cl.PurgeTrash(ctx, e.ID, p.purgeTimeout()); err != nil {
+				p.Log.Warn("could not purge a deleted volume's image from the trash; the sweeper retries", "backend", bname, "image", image, "error", err)
+				return
+			}
+		}
+		if parent != "" {
+			if reg, err := p.registry(); err == nil {
+				p.reapDeleted(ctx, reg, cl, bname, parent, "")
+			}
+		}
+	}()
+}
+
+func (p *Provisioner) purgeTimeout() time.Duration {
+	return time.Duration(p.Backends.Config().FlattenTimeoutSeconds) * time.Second
+}
+
+// purgeTrash removes from backend bname's trash the images of deleted
+// volumes that purgeSoon did not (a crash, a deadline, a delete whose
+// purge failed), and what an abandoned rbd_remove left there. An image a
+// live migration (retype) put in the trash as its source is left alone.
+func (p *Provisioner) purgeTrash(ctx context.Context, reg *records.Registry, bname string, cl backend.Cluster) error {
+	entries, err := cl.TrashEntries(ctx)
+	if err != nil || len(entries) == 0 {
+		return err
+	}
+	// Listed after the trash: a migration writes its record before it
+	// moves its source there.
+	_, moving, err := moveAliases(ctx, reg)
+	if err != nil {
+		return err
+	}
+	movingUUID := map[string]bool{}
+	for id := range moving {
+		if v, err := volumeid.Parse(id); err == nil {
+			movingUUID[v.UUID] = true
+		}
+	}
+	for _, e := range entries {
+		uuid, ok := strings.CutPrefix(e.Name, volumeid.ImagePrefix)
+		if !ok || movingUUID[uuid] {
+			continue
+		}
+		if err := cl.PurgeTrash(ctx, e.ID, p.purgeTimeout()); err != nil {
+			p.Log.Warn("could not purge an image from the trash; next sweep", "backend", bname, "image", e.Name, "error", err)
+		}
+	}
 	return nil
 }
 

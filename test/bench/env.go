@@ -126,8 +126,8 @@ func (e *env) setup(ctx context.Context) error {
     keyring: %s
     pool: volumes
     zone: %s
-    # thin volumes on an 8 GiB memstore: thousands of 1 GiB volumes must fit
-    maxOverSubscriptionRatio: 1000
+    # thin volumes on an 8 GiB memstore: 10,000 1 GiB volumes (-scale-n) must fit
+    maxOverSubscriptionRatio: 5000
 statsIntervalSeconds: 30
 `, e.cephConf, e.keyring, zone)
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {

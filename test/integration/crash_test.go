@@ -273,11 +273,12 @@ func TestCrashMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d crash points survived", n)
-	reg := registry(t, startDriver(t, configYAML(), nil))
+	d := startDriver(t, configYAML(), nil)
+	reg := registry(t, d)
 	var left []string
 	for _, pool := range []string{"volumes", "fast"} {
 		left = append(left, c1.images(t, pool)...)
-		if out := strings.TrimSpace(c1.rbd(t, "trash", "ls", pool)); out != "" {
+		if out := trashLeft(t, d, c1, pool); out != "" {
 			left = append(left, "trash: "+out)
 		}
 	}

@@ -162,7 +162,7 @@ func gone(t *testing.T, d *testDriver, image string) {
 		c    *cluster
 		pool string
 	}{{c1, "volumes"}, {c1, "fast"}, {c2, "remote"}} {
-		if out := strings.TrimSpace(p.c.rbd(t, "trash", "ls", p.pool)); out != "" {
+		if out := trashLeft(t, d, p.c, p.pool); out != "" {
 			t.Fatalf("trash left in %s/%s: %s", p.c.Name, p.pool, out)
 		}
 	}

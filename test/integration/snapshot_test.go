@@ -69,12 +69,30 @@ func delSnap(t *testing.T, d *testDriver, id string) {
 	}
 }
 
+// trashLeft is what stays in c's pool's RBD trash once deleted volumes'
+// images are purged: a delete purges its image in the background, and a
+// sweep (run here once, as the controller's sweeper does every 30 s)
+// purges what killed processes left.
+func trashLeft(t *testing.T, d *testDriver, c *cluster, pool string) string {
+	t.Helper()
+	if err := d.prov.SweepDeleted(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	var out string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out = strings.TrimSpace(c.rbd(t, "trash", "ls", pool))
+		if out == "" || time.Now().After(deadline) {
+			return out
+		}
+	}
+}
+
 // leftovers lists what Basalt left in c's pool: images (live or set aside),
 // RBD trash entries and snapshot records.
 func leftovers(t *testing.T, d *testDriver, c *cluster, pool string) []string {
 	t.Helper()
 	out := c.images(t, pool)
-	if trash := strings.TrimSpace(c.rbd(t, "trash", "ls", pool)); trash != "" {
+	if trash := trashLeft(t, d, c, pool); trash != "" {
 		out = append(out, "trash: "+trash)
 	}
 	reg := registry(t, d)
