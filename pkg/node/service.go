@@ -120,11 +120,18 @@ func (s *Service) Stage(ctx context.Context, req StageRequest) error {
 		return s.heal(ctx, id.UUID, rec)
 	}
 
+	// Two independent registry reads: at once.
+	var mode string
+	modeErr := make(chan error, 1)
+	go func() {
+		var err error
+		mode, err = s.AttachedMode(ctx, req.VolumeID, s.NodeID)
+		modeErr <- err
+	}()
 	spec, err := s.Locate(ctx, req.VolumeID)
-	if err != nil {
-		return err
+	if merr := <-modeErr; err == nil {
+		err = merr
 	}
-	mode, err := s.AttachedMode(ctx, req.VolumeID, s.NodeID)
 	if err != nil {
 		return err
 	}
@@ -477,11 +484,7 @@ func (s *Service) bind(ctx context.Context, rec *Record, target string, readOnly
 	} else if err := os.MkdirAll(target, 0o750); err != nil {
 		return status.Errorf(codes.Internal, "creating %s: %v", target, err)
 	}
-	opts := append([]string{"bind"}, flags...)
-	if readOnly || rec.ReadOnly {
-		opts = append(opts, "ro")
-	}
-	if err := s.Mounts.Mount(ctx, source, target, "", opts); err != nil {
+	if err := s.Mounts.Bind(ctx, source, target, readOnly || rec.ReadOnly, flags); err != nil {
 		return status.Errorf(codes.Internal, "bind-mounting %s at %s: %v", source, target, err)
 	}
 	return nil

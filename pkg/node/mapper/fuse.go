@@ -113,7 +113,7 @@ func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) (starte
 		if time.Now().After(deadline) {
 			return true, fmt.Errorf("rbd-fuse mounted %s but %s did not appear", dir, file)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // a stat: cheap, and the file is usually there within a few ms
 	}
 	return true, nil
 }
@@ -455,6 +455,11 @@ func RBDFusePIDs(match func(mountPoint string) bool) []int {
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
+			continue
+		}
+		// comm first: reading it does not touch the process's memory, as
+		// reading cmdline does; only rbd-fuse processes have theirs read.
+		if comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err != nil || strings.TrimSpace(string(comm)) != "rbd-fuse" {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
