@@ -7,7 +7,7 @@ LDFLAGS    := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin
 export GOFLAGS := -tags=$(TAGS)
 
-.PHONY: all deps build run csc test unit integration sanity walkthrough e2e e2e-prep e2e-tools-early e2e-upstream lint clean bench bench-quick image
+.PHONY: all deps build run csc test unit integration sanity walkthrough e2e e2e-prep e2e-tools-early e2e-upstream lint clean bench bench-quick bench-k8s image
 
 all: build
 
@@ -89,6 +89,14 @@ e2e-upstream: e2e-prep
 	  BASALT_UPSTREAM_FOCUS="$(FOCUS)" BASALT_UPSTREAM_SKIP="$(SKIP)" BASALT_UPSTREAM_PROCS="$(PROCS)" \
 	  $(E2E_RUN) -test.timeout 7h -test.run '^TestUpstreamStorage$$' 2>&1 \
 	  | tee _output/e2e-upstream.log | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
+
+# The Kubernetes-scale benchmark on the e2e's stack: N PVCs from the golden
+# image (Immediate binding), then pods on the first PODS of them; writes
+# _output/bench-k8s.json (README, "Performance"). Not part of `make test`.
+bench-k8s: e2e-prep
+	BASALT_BENCH_K8S_N="$(or $(N),100)" BASALT_BENCH_K8S_PODS="$(PODS)" \
+	  $(E2E_RUN) -test.timeout 60m -test.run '^TestKubernetesScale$$' 2>&1 \
+	  | tee _output/bench-k8s.log | $(E2E_FILTER) ; exit $${PIPESTATUS[0]}
 
 # On a cold machine the e2e's tools take about half an hour to build: that
 # build starts first, in the background at the lowest CPU priority, and

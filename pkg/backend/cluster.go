@@ -88,6 +88,8 @@ type Usage struct {
 	// ParentImage is the parent image's name in whatever pool ("" when
 	// the image is not a clone).
 	ParentImage string
+	// ID is the image's RBD ID (its ID in the trash once trashed).
+	ID string
 	// Snapshots counts the image's snapshots of every kind (its own, group
 	// members', and those in the snapshot trash waiting for clones).
 	Snapshots int
@@ -95,8 +97,9 @@ type Usage struct {
 
 // TrashEntry is an image in a pool's RBD trash.
 type TrashEntry struct {
-	ID   string // what PurgeTrash takes
-	Name string // the image's name before it was trashed
+	ID      string // what PurgeTrash takes
+	Name    string // the image's name before it was trashed
+	Trashed time.Time
 }
 
 // Cluster is everything Basalt does on one backend: its Ceph cluster and pool.

@@ -265,6 +265,9 @@ func (c *Conn) Usage(ctx context.Context, name string) (backend.Usage, error) {
 				u.Parent = parent.Image.ImageName
 			}
 		}
+		if u.ID, err = img.GetId(); err != nil {
+			return err
+		}
 		snaps, err := img.GetSnapshotNames() // every namespace: user, group, trash
 		u.Snapshots = len(snaps)
 		return err
@@ -313,7 +316,7 @@ func (c *Conn) TrashEntries(ctx context.Context) ([]backend.TrashEntry, error) {
 	}
 	out := make([]backend.TrashEntry, 0, len(list))
 	for _, t := range list {
-		out = append(out, backend.TrashEntry{ID: t.Id, Name: t.Name})
+		out = append(out, backend.TrashEntry{ID: t.Id, Name: t.Name, Trashed: t.DeletionTime})
 	}
 	return out, nil
 }

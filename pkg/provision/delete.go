@@ -135,8 +135,7 @@ func (p *Provisioner) Delete(ctx context.Context, volumeID string) error {
 		return nil
 	}
 	if trashed {
-		p.purgeSoon(cl, bname, image, usage.Parent)
-		p.kickSweeper() // and what crashed deletes left there
+		p.purgeSoon(cl, bname, image, usage.ID, usage.Parent)
 		log.Info("volume deleted; its image is in the RBD trash, purged in the background", "backend", bname, "image", image)
 		return nil
 	}
@@ -166,23 +165,13 @@ func trashable(u backend.Usage) bool {
 // proportional to the image's size), then looks at its parent, which may be
 // a deleted volume's image only it still needed. Whatever this does not
 // finish (a crash, a deadline) the sweeper's next pass does (purgeTrash).
-func (p *Provisioner) purgeSoon(cl backend.Cluster, bname, image, parent string) {
+func (p *Provisioner) purgeSoon(cl backend.Cluster, bname, image, id, parent string) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), p.purgeTimeout())
 		defer cancel()
-		entries, err := cl.TrashEntries(ctx)
-		if err != nil {
-			p.Log.Warn("could not list the trash; the sweeper purges it later", "backend", bname, "error", err)
+		if err := cl.PurgeTrash(ctx, id, p.purgeTimeout()); err != nil {
+			p.Log.Warn("could not purge a deleted volume's image from the trash; the sweeper retries", "backend", bname, "image", image, "trashID", id, "error", err)
 			return
-		}
-		for _, e := range entries {
-			if e.Name != image {
-				continue
-			}
-			if err := cl.PurgeTrash(ctx, e.ID, p.purgeTimeout()); err != nil {
-				p.Log.Warn("could not purge a deleted volume's image from the trash; the sweeper retries", "backend", bname, "image", image, "error", err)
-				return
-			}
 		}
 		if parent != "" {
 			if reg, err := p.registry(); err == nil {
@@ -191,6 +180,10 @@ func (p *Provisioner) purgeSoon(cl backend.Cluster, bname, image, parent string)
 		}
 	}()
 }
+
+// PurgeGrace leaves a freshly trashed image to its delete's own purge
+// (tests that check the trash at once set it to 0).
+var PurgeGrace = time.Minute
 
 func (p *Provisioner) purgeTimeout() time.Duration {
 	return time.Duration(p.Backends.Config().FlattenTimeoutSeconds) * time.Second
@@ -219,8 +212,8 @@ func (p *Provisioner) purgeTrash(ctx context.Context, reg *records.Registry, bna
 	}
 	for _, e := range entries {
 		uuid, ok := strings.CutPrefix(e.Name, volumeid.ImagePrefix)
-		if !ok || movingUUID[uuid] {
-			continue
+		if !ok || movingUUID[uuid] || time.Since(e.Trashed) < PurgeGrace {
+			continue // not ours, a migration's source, or its delete's purge may still start
 		}
 		if err := cl.PurgeTrash(ctx, e.ID, p.purgeTimeout()); err != nil {
 			p.Log.Warn("could not purge an image from the trash; next sweep", "backend", bname, "image", e.Name, "error", err)

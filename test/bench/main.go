@@ -31,6 +31,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -40,7 +41,12 @@ import (
 	"time"
 )
 
-var allParts = []string{"create", "delete", "snapshot", "publish", "node", "memory", "scale", "cache"}
+// allParts is what `make bench` runs; knownParts adds k8s (`make
+// bench-k8s`: it needs the e2e's Kubernetes, half an hour to build cold).
+var (
+	allParts   = []string{"create", "delete", "snapshot", "publish", "node", "memory", "scale", "cache"}
+	knownParts = append(append([]string(nil), allParts...), "k8s")
+)
 
 type options struct {
 	n       int
@@ -66,7 +72,7 @@ func parseOptions(args []string) (*options, error) {
 	size := fs.Int64("size", 1<<30, "volume size in bytes")
 	nodeN := fs.Int("node-n", 10, "volumes staged and published (fuse mapper), concurrency 1")
 	scaleN := fs.Int("scale-n", 1000, "volumes that exist for the memory and scale measurements")
-	parts := fs.String("parts", strings.Join(allParts, ","), "comma list of "+strings.Join(allParts, ","))
+	parts := fs.String("parts", strings.Join(allParts, ","), "comma list of "+strings.Join(knownParts, ",")+" (k8s: not by default; runs make bench-k8s)")
 	quick := fs.Bool("quick", false, "small run (N=40, concurrency 1,8, node-n 3, scale-n 200) in under two minutes")
 	out := fs.String("out", "_output/bench", "output directory (driver log, results.json, latency.svg)")
 	renderFrom := fs.String("render", "", "only redraw OUT/latency.svg from this results.json (no cluster, no measurements)")
@@ -106,11 +112,11 @@ func parseOptions(args []string) (*options, error) {
 			continue
 		}
 		known := false
-		for _, a := range allParts {
+		for _, a := range knownParts {
 			known = known || a == p
 		}
 		if !known {
-			return nil, fmt.Errorf("-parts: unknown part %q (known: %s)", p, strings.Join(allParts, ","))
+			return nil, fmt.Errorf("-parts: unknown part %q (known: %s)", p, strings.Join(knownParts, ","))
 		}
 		o.parts[p] = true
 	}
@@ -182,6 +188,24 @@ func run(ctx context.Context, o *options) (code int) {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
+	k8sFailed := false
+	if o.has("k8s") {
+		// Its own stack (the e2e's Kubernetes and Ceph), before this bench's.
+		logf("== k8s (make bench-k8s)")
+		cmd := exec.CommandContext(ctx, "make", "bench-k8s")
+		cmd.Dir, cmd.Stdout, cmd.Stderr = o.root, os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			logf("k8s: %v", err)
+			k8sFailed = true
+		}
+		delete(o.parts, "k8s")
+		if len(o.parts) == 0 {
+			if k8sFailed {
+				return 1
+			}
+			return 0
+		}
+	}
 	env := &env{o: o}
 	defer func() {
 		env.teardown()
@@ -236,7 +260,7 @@ func run(ctx context.Context, o *options) (code int) {
 		logf("writing results: %v", err)
 		return 1
 	}
-	if len(b.failures) > 0 {
+	if len(b.failures) > 0 || k8sFailed {
 		return 1
 	}
 	return 0

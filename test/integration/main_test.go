@@ -86,6 +86,8 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
+	// The tests look at the trash right after their deletes (trashLeft).
+	provision.PurgeGrace = 0
 	cfgPath = filepath.Join(workDir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(configYAML()), 0o600); err != nil {
 		fmt.Fprintln(os.Stderr, err)
