@@ -55,7 +55,7 @@ spec:
 	defer cleanUpScale(t)
 	start := time.Now()
 	kubectlIn(t, b.String(), "apply", "-f", "-")
-	bound := observe(t, "PVCs bound", n, start, func() map[string]bool {
+	bound := observe(t, start, tracker{"PVCs bound", n, func() map[string]bool {
 		out := map[string]bool{}
 		for _, p := range items(t, "pvc", "-l", "bench=scale") {
 			if str(p, "status", "phase") == "Bound" {
@@ -63,8 +63,8 @@ spec:
 			}
 		}
 		return out
-	})
-	res := benchK8s{N: n, Pods: pods, Bound: bound}
+	}})
+	res := benchK8s{N: n, Pods: pods, Bound: bound[0]}
 
 	if pods > 0 {
 		b.Reset()
@@ -80,7 +80,7 @@ spec:
 		}
 		start = time.Now()
 		kubectlIn(t, b.String(), "apply", "-f", "-")
-		res.Attached = observe(t, "volumes attached", pods, start, func() map[string]bool {
+		got := observe(t, start, tracker{"volumes attached", pods, func() map[string]bool {
 			out := map[string]bool{}
 			for _, va := range items(t, "volumeattachment") {
 				if pv := str(va, "spec", "source", "persistentVolumeName"); wanted[pv] && get(va, "status", "attached") == true {
@@ -88,8 +88,7 @@ spec:
 				}
 			}
 			return out
-		})
-		res.Running = observe(t, "pods running", pods, start, func() map[string]bool {
+		}}, tracker{"pods running", pods, func() map[string]bool {
 			out := map[string]bool{}
 			for _, p := range items(t, "pod", "-l", "bench=scale") {
 				if str(p, "status", "phase") == "Running" {
@@ -97,8 +96,15 @@ spec:
 				}
 			}
 			return out
-		})
+		}})
+		res.Attached, res.Running = got[0], got[1]
 	}
+	// Basalt's own share: its CreateVolume and ControllerPublishVolume
+	// times, from the controller's request log.
+	logs := kubectl(t, "logs", "-n", "basalt-system", "-l", "app.kubernetes.io/name=basalt-controller", "-c", "basalt-csi", "--tail=-1")
+	res.CreateVolume = callTimes(logs, "CreateVolume")
+	res.ControllerPublish = callTimes(logs, "ControllerPublishVolume")
+	t.Logf("Basalt: CreateVolume %+v, ControllerPublishVolume %+v", res.CreateVolume, res.ControllerPublish)
 	for _, a := range []string{"csi-provisioner", "csi-attacher"} {
 		res.Flags = append(res.Flags, sidecarFlags(t, a)...)
 	}
@@ -117,39 +123,96 @@ type phase struct {
 }
 
 type benchK8s struct {
-	N        int      `json:"pvcs"`
-	Pods     int      `json:"pods"`
-	Bound    phase    `json:"bound"`
-	Attached phase    `json:"attached"`
-	Running  phase    `json:"running"`
-	Flags    []string `json:"sidecar_flags"`
+	N        int   `json:"pvcs"`
+	Pods     int   `json:"pods"`
+	Bound    phase `json:"bound"`
+	Attached phase `json:"attached"`
+	Running  phase `json:"running"`
+	// The driver's calls, as its request log timed them.
+	CreateVolume      phase    `json:"basalt_create_volume"`
+	ControllerPublish phase    `json:"basalt_controller_publish"`
+	Flags             []string `json:"sidecar_flags"`
 }
 
-// observe polls done every 250 ms until it names want objects, recording
-// when each was first seen, and summarises those times since start.
-func observe(t *testing.T, what string, want int, start time.Time, done func() map[string]bool) phase {
-	t.Helper()
-	seen := map[string]time.Duration{}
-	deadline := time.Now().Add(15 * time.Minute)
-	for len(seen) < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d of %d after 15 minutes", what, len(seen), want)
+// callTimes summarises the durations of method's successful calls in a
+// Basalt request log ("msg=done method=M ... took=D"); AllMs is their sum.
+func callTimes(log, method string) phase {
+	var ms []float64
+	for _, l := range strings.Split(log, "\n") {
+		if !strings.Contains(l, "msg=done method="+method+" ") {
+			continue
 		}
-		for k := range done() {
-			if _, ok := seen[k]; !ok {
-				seen[k] = time.Since(start)
+		_, rest, ok := strings.Cut(l, " took=")
+		if !ok {
+			continue
+		}
+		d, err := time.ParseDuration(strings.Fields(rest)[0])
+		if err == nil {
+			ms = append(ms, float64(d.Microseconds())/1000)
+		}
+	}
+	if len(ms) == 0 {
+		return phase{}
+	}
+	sort.Float64s(ms)
+	p := phase{Count: len(ms), P50Ms: ms[(len(ms)-1)/2], P90Ms: ms[(len(ms)*9-1)/10]}
+	for _, v := range ms {
+		p.AllMs += v
+	}
+	return p
+}
+
+// tracker is one phase observe follows: want objects, done lists those
+// that reached it.
+type tracker struct {
+	what string
+	want int
+	done func() map[string]bool
+}
+
+// observe polls every tracker every 250 ms until each has its objects,
+// recording when each object was first seen done, and summarises those
+// times since start, per tracker.
+func observe(t *testing.T, start time.Time, trackers ...tracker) []phase {
+	t.Helper()
+	seen := make([]map[string]time.Duration, len(trackers))
+	for i := range seen {
+		seen[i] = map[string]time.Duration{}
+	}
+	deadline := time.Now().Add(15 * time.Minute)
+	for {
+		complete := true
+		for i, tr := range trackers {
+			if len(seen[i]) >= tr.want {
+				continue
 			}
+			for k := range tr.done() {
+				if _, ok := seen[i][k]; !ok {
+					seen[i][k] = time.Since(start)
+				}
+			}
+			complete = complete && len(seen[i]) >= tr.want
+		}
+		if complete {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not done after 15 minutes: %v", seen)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	var ms []float64
-	for _, d := range seen {
-		ms = append(ms, float64(d.Milliseconds()))
+	out := make([]phase, len(trackers))
+	for i, tr := range trackers {
+		var ms []float64
+		for _, d := range seen[i] {
+			ms = append(ms, float64(d.Milliseconds()))
+		}
+		sort.Float64s(ms)
+		p := phase{Count: len(ms), AllMs: ms[len(ms)-1], P50Ms: ms[(len(ms)-1)/2], P90Ms: ms[(len(ms)*9-1)/10]}
+		t.Logf("%s: %d in %.1f s (p50 %.1f s, p90 %.1f s)", tr.what, p.Count, p.AllMs/1000, p.P50Ms/1000, p.P90Ms/1000)
+		out[i] = p
 	}
-	sort.Float64s(ms)
-	p := phase{Count: len(ms), AllMs: ms[len(ms)-1], P50Ms: ms[(len(ms)-1)/2], P90Ms: ms[(len(ms)*9-1)/10]}
-	t.Logf("%s: %d in %.1f s (p50 %.1f s, p90 %.1f s)", what, p.Count, p.AllMs/1000, p.P50Ms/1000, p.P90Ms/1000)
-	return p
+	return out
 }
 
 func items(t *testing.T, args ...string) []any {
