@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -174,7 +173,7 @@ statsIntervalSeconds: 30
 			bt := b.withCPU(implBaseline, func() *batch {
 				return runBatch(ctx, o.n, c, func(ctx context.Context, i int) error {
 					name := b.nameOf("rawhit", c, i)
-					err := cephCall(ctx, "clone", func() error { return rawClone(vols2, cacheImage, name, uint64(o.size)) })
+					err := cephCall(ctx, "clone", func() error { return rawClone(vols2, cacheImage, "cache", name, uint64(o.size)) })
 					if err == nil {
 						names[i] = name
 					}
@@ -191,30 +190,6 @@ statsIntervalSeconds: 30
 		}
 	}
 	return nil
-}
-
-// rawClone is the baseline of a cache hit.
-func rawClone(ioctx *rados.IOContext, parent, name string, size uint64) error {
-	opts := rbd.NewRbdImageOptions()
-	defer opts.Destroy()
-	if err := opts.SetUint64(rbd.ImageOptionFeatures, rbd.FeatureLayering); err != nil {
-		return err
-	}
-	if err := opts.SetUint64(rbd.ImageOptionCloneFormat, 2); err != nil {
-		return err
-	}
-	if err := rbd.CloneImage(ioctx, parent, "cache", ioctx, name, opts); err != nil {
-		return fmt.Errorf("clone %s: %w", name, err)
-	}
-	img, err := rbd.OpenImage(ioctx, name, rbd.NoSnapshot)
-	if err != nil {
-		return err
-	}
-	if err := img.Resize(size); err != nil {
-		_ = img.Close()
-		return err
-	}
-	return img.Close()
 }
 
 // cacheImageOf asks `basalt-csi images` for the cache image of spec.

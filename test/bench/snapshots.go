@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 )
@@ -119,6 +120,12 @@ func (b *bench) baselineSnap(image, snap string) error {
 }
 
 func (b *bench) baselineRestore(image, snap, name string) error {
+	return rawClone(b.env.volumes, image, snap, name, uint64(b.o.size))
+}
+
+// rawClone is a format-2 clone of image@snap as name in the same pool, then
+// a resize: what a restore (or an image-cache hit) is in raw librbd.
+func rawClone(ioctx *rados.IOContext, image, snap, name string, size uint64) error {
 	opts := rbd.NewRbdImageOptions()
 	defer opts.Destroy()
 	if err := opts.SetUint64(rbd.ImageOptionFeatures, rbd.FeatureLayering); err != nil {
@@ -127,14 +134,14 @@ func (b *bench) baselineRestore(image, snap, name string) error {
 	if err := opts.SetUint64(rbd.ImageOptionCloneFormat, 2); err != nil {
 		return err
 	}
-	if err := rbd.CloneImage(b.env.volumes, image, snap, b.env.volumes, name, opts); err != nil {
+	if err := rbd.CloneImage(ioctx, image, snap, ioctx, name, opts); err != nil {
 		return fmt.Errorf("clone %s: %w", name, err)
 	}
-	img, err := rbd.OpenImage(b.env.volumes, name, rbd.NoSnapshot)
+	img, err := rbd.OpenImage(ioctx, name, rbd.NoSnapshot)
 	if err != nil {
 		return err
 	}
-	if err := img.Resize(uint64(b.o.size)); err != nil {
+	if err := img.Resize(size); err != nil {
 		_ = img.Close()
 		return err
 	}

@@ -129,9 +129,9 @@ func TestMetricsAfterKnownCalls(t *testing.T) {
 	checkCounts(t, fams, []count{
 		{"basalt_csi_requests_total", map[string]string{"method": "DeleteVolume", "code": "OK"}, eq(2)},
 		{"basalt_node_attachments", map[string]string{"node": node}, eq(0)},
-		// Every delete removed an image, every call read records: Ceph
-		// calls are timed by operation.
-		{"basalt_ceph_call_duration_seconds", map[string]string{"op": "removing"}, between(2, 1e9)},
+		// Every delete moved an image to the trash (deferred deletion),
+		// every call read records: Ceph calls are timed by operation.
+		{"basalt_ceph_call_duration_seconds", map[string]string{"op": "moving"}, between(2, 1e9)},
 		{"basalt_ceph_call_duration_seconds", map[string]string{"op": "reading"}, between(2, 1e9)},
 	})
 	checkNoVolumeLabels(t, fams, ids, names)
