@@ -96,27 +96,25 @@ func (p *Provisioner) cacheEnabled() bool {
 // addCachedClusters marks the clusters holding a valid entry of the golden
 // image o as holding it: the scheduler then prefers their backends as it
 // prefers the image's own cluster.
-func (p *Provisioner) addCachedClusters(ctx context.Context, reg *records.Registry, o *origin) error {
+func (p *Provisioner) addCachedClusters(ctx context.Context, reg *records.Registry, o *origin) {
 	if !p.cacheEnabled() {
-		return nil
+		return
 	}
 	entries, err := reg.CacheEntries(ctx)
 	if err != nil {
 		// Placement is still correct without it, only less well informed.
 		p.Log.Warn("could not read the image-cache index; placing without it", "error", err)
-		return nil
+		return
 	}
 	keys := map[string]bool{}
 	for _, fp := range o.fingerprints {
 		keys[cacheKey(*o.spec, fp)] = true
 	}
-	o.cached = map[string]bool{}
 	for _, e := range entries {
-		if keys[e.Key] && !o.clusters[e.FSID] {
-			o.clusters[e.FSID], o.cached[e.FSID] = true, true
+		if keys[e.Key] {
+			o.clusters[e.FSID] = true
 		}
 	}
-	return nil
 }
 
 // cloneCached makes dst a clone of the cache entry of golden image spec in

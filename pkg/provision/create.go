@@ -147,9 +147,8 @@ func (p *Provisioner) Create(ctx context.Context, req Request) (Volume, error) {
 	var o origin
 	switch {
 	case req.Image != nil:
-		o, err = p.findImage(ctx, *req.Image)
-		if err == nil {
-			err = p.addCachedClusters(ctx, reg, &o)
+		if o, err = p.findImage(ctx, *req.Image); err == nil {
+			p.addCachedClusters(ctx, reg, &o)
 		}
 	case req.Source != nil:
 		o, err = p.resolveSource(ctx, reg, *req.Source)

@@ -35,11 +35,10 @@ type origin struct {
 	// (set aside for its snapshots): tried when spec.Image is not found.
 	altImage string
 	// golden: a golden image, which the image-volume cache may hold in
-	// clusters other than its own; fingerprints are its snapshot's there
-	// (by fsid), cached the fsids of clusters holding a valid cache entry.
+	// clusters other than its own (clusters then includes them); its
+	// snapshot's fingerprint by fsid of the clusters holding it.
 	golden       bool
 	fingerprints map[string]string
-	cached       map[string]bool
 }
 
 // depthOf reads a volume's recorded clone depth as origin.depth counts it.

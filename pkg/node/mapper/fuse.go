@@ -104,9 +104,15 @@ func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) (starte
 	if err := f.startRBDFuse(ctx, s, dir); err != nil {
 		return false, err
 	}
-	for _, pid := range daemonsFor(dir) {
-		_ = Outlive(pid) // best effort: see Outlive
-	}
+	// Best effort (see Outlive), and in the background: moving a process
+	// between cgroups takes several ms per hierarchy, which NodeStage need
+	// not wait for; a plugin killed in those few ms loses the daemon, and
+	// its restart re-maps the volume in place, as where Outlive cannot.
+	go func() {
+		for _, pid := range daemonsFor(dir) {
+			_ = Outlive(pid)
+		}
+	}()
 	// rbd-fuse returns once mounted; give the kernel a moment to show the file.
 	deadline := time.Now().Add(10 * time.Second)
 	for !fileAlive(file) {
