@@ -104,15 +104,12 @@ func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) (starte
 	if err := f.startRBDFuse(ctx, s, dir); err != nil {
 		return false, err
 	}
-	// Best effort (see Outlive), and in the background: moving a process
-	// between cgroups takes several ms per hierarchy, which NodeStage need
-	// not wait for; a plugin killed in those few ms loses the daemon, and
-	// its restart re-maps the volume in place, as where Outlive cannot.
-	go func() {
-		for _, pid := range daemonsFor(dir) {
-			_ = Outlive(pid)
-		}
-	}()
+	// Before returning, not in the background: moving a process between
+	// cgroups takes the kernel's cgroup lock, which stalls the forks of the
+	// commands that follow anyway (measured: no gain in the background).
+	for _, pid := range daemonsFor(dir) {
+		_ = Outlive(pid) // best effort: see Outlive
+	}
 	// rbd-fuse returns once mounted; give the kernel a moment to show the file.
 	deadline := time.Now().Add(10 * time.Second)
 	for !fileAlive(file) {
