@@ -32,7 +32,7 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 		return nil, err
 	}
 	known := map[string]bool{} // volume IDs: indexed, in progress or kept for snapshots
-	vols, err := allPages(func(after string) ([]records.VolumeEntry, string, error) { return reg.Volumes(ctx, after, 1000) })
+	vols, err := records.AllPages(func(after string) ([]records.VolumeEntry, string, error) { return reg.Volumes(ctx, after, 1000) })
 	if err != nil {
 		return nil, classify(err, "listing volumes")
 	}
@@ -62,7 +62,7 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 		}
 	}
 
-	snaps, err := allPages(func(after string) ([]records.SnapshotEntry, string, error) {
+	snaps, err := records.AllPages(func(after string) ([]records.SnapshotEntry, string, error) {
 		return reg.Snapshots(ctx, "", after, 1000)
 	})
 	if err != nil {
@@ -197,7 +197,7 @@ func (p *Provisioner) Check(ctx context.Context, repair bool, grace time.Duratio
 // to the volume's own ID, and lists the volumes whose move is not done.
 // While a move runs, both of its images belong to it.
 func moveAliases(ctx context.Context, reg *records.Registry) (map[string]volumeid.ID, map[string]bool, error) {
-	moves, err := allPages(func(after string) ([]records.Move, string, error) { return reg.Moves(ctx, after, 1000) })
+	moves, err := records.AllPages(func(after string) ([]records.Move, string, error) { return reg.Moves(ctx, after, 1000) })
 	if err != nil {
 		return nil, nil, classify(err, "listing moved volumes")
 	}
@@ -234,22 +234,6 @@ func orphanSnapshot(id volumeid.ID, image, snap string, indexed, snapsInProgress
 		return Finding{Kind: "orphan-snapshot", Object: image + "@" + snap, Detail: "the temporary snapshot of a volume clone that is no longer being created"}, true
 	}
 	return Finding{}, false
-}
-
-// allPages reads a paged listing to its end.
-func allPages[T any](page func(after string) ([]T, string, error)) ([]T, error) {
-	var all []T
-	for after := ""; ; {
-		items, next, err := page(after)
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, items...)
-		if next == "" {
-			return all, nil
-		}
-		after = next
-	}
 }
 
 // unfinished returns the reservations of kind k whose create has not

@@ -400,7 +400,7 @@ func (p *Provisioner) RecoverMoves(ctx context.Context, grace time.Duration) err
 	if err != nil {
 		return err
 	}
-	moves, err := allPages(func(after string) ([]records.Move, string, error) { return reg.Moves(ctx, after, 1000) })
+	moves, err := records.AllPages(func(after string) ([]records.Move, string, error) { return reg.Moves(ctx, after, 1000) })
 	if err != nil {
 		return classify(err, "listing moves")
 	}

@@ -56,19 +56,9 @@ func (g *Registry) DropCacheEntry(ctx context.Context, e CacheEntry) error {
 // CacheEntries lists every ready entry (at most a few per backend: they are
 // bounded by the backends' maxCount).
 func (g *Registry) CacheEntries(ctx context.Context) ([]CacheEntry, error) {
-	var out []CacheEntry
-	after := ""
-	for {
-		page, next, err := indexPage[CacheEntry](ctx, g.Store, cacheIndexOID, "", after, 1000)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page...)
-		if next == "" {
-			return out, nil
-		}
-		after = next
-	}
+	return AllPages(func(after string) ([]CacheEntry, string, error) {
+		return indexPage[CacheEntry](ctx, g.Store, cacheIndexOID, "", after, 1000)
+	})
 }
 
 // RetiredCacheImage is an evicted entry's image, kept while clones need it.
@@ -85,8 +75,9 @@ func (g *Registry) RetireCacheImage(ctx context.Context, r RetiredCacheImage) er
 
 // RetiredCacheImages lists them.
 func (g *Registry) RetiredCacheImages(ctx context.Context) ([]RetiredCacheImage, error) {
-	page, _, err := indexPage[RetiredCacheImage](ctx, g.Store, retiredIndexOID, "", "", 1000)
-	return page, err
+	return AllPages(func(after string) ([]RetiredCacheImage, string, error) {
+		return indexPage[RetiredCacheImage](ctx, g.Store, retiredIndexOID, "", after, 1000)
+	})
 }
 
 // ForgetRetiredCacheImage drops the record once the image is gone.

@@ -246,6 +246,22 @@ func indexEntry[T any](ctx context.Context, s Store, oid, key string) (T, error)
 	return e, nil
 }
 
+// AllPages reads a paged listing to its end.
+func AllPages[T any](page func(after string) ([]T, string, error)) ([]T, error) {
+	var all []T
+	for after := ""; ; {
+		items, next, err := page(after)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if next == "" {
+			return all, nil
+		}
+		after = next
+	}
+}
+
 // indexPage decodes up to max entries of the omap index oid whose keys start
 // with prefix, after startAfter, and returns the token of the next page (""
 // at the end): one omap read of max+1 keys, the extra one telling whether
