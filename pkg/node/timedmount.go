@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/mount-utils"
 
 	"github.com/basalt-csi/basalt/pkg/metrics"
@@ -18,7 +19,9 @@ import (
 // mount-utils runs them without a deadline, so a hung mount would be
 // abandoned but keep running after the node lock was released. The argument
 // lists are mount-utils' own (MakeBindOptsSensitive, MakeMountArgsSensitive).
-// Everything else (mount point checks, mountinfo) is mount-utils as is.
+// A mount whose options need no interpreting is the mount(2) call instead
+// (kernelMountArgs). Everything else (mount point checks, mountinfo) is
+// mount-utils as is.
 type timedMounter struct{ mount.Interface }
 
 func (m timedMounter) Mount(source, target, fstype string, options []string) error {
@@ -27,6 +30,15 @@ func (m timedMounter) Mount(source, target, fstype string, options []string) err
 
 func (m timedMounter) MountSensitive(source, target, fstype string, options, sensitive []string) error {
 	bind, bindOpts, remountOpts, remountSensitive := mount.MakeBindOptsSensitive(options, sensitive)
+	if flags, data, ok := kernelMountArgs(options); !bind && ok && len(sensitive) == 0 && source != "" && fstype != "" {
+		// What mount(8) would pass the kernel, without starting it (a
+		// process start, and libmount reading mountinfo, on every stage).
+		// The callers put their deadline on this call (withDeadline).
+		if err := unix.Mount(source, target, fstype, flags, data); err != nil {
+			return fmt.Errorf("mount -t %s -o %s %s %s: %w", fstype, strings.Join(options, ","), source, target, err)
+		}
+		return nil
+	}
 	if !bind {
 		args, logged := mount.MakeMountArgsSensitive(source, target, fstype, options, sensitive)
 		return runTimed("mount", args, logged)
@@ -38,6 +50,26 @@ func (m timedMounter) MountSensitive(source, target, fstype string, options, sen
 	}
 	args, logged = mount.MakeMountArgsSensitive(source, target, fstype, remountOpts, remountSensitive)
 	return runTimed("mount", args, logged)
+}
+
+// kernelMountArgs turns mount options into mount(2)'s flags and data when
+// they are ones whose meaning is plain (the staging mount's: defaults,
+// ro/rw, and the XFS and ext4 options the stage adds); ok is false for any
+// other, which mount(8) then interprets (user-given mountOptions).
+func kernelMountArgs(options []string) (flags uintptr, data string, ok bool) {
+	var d []string
+	for _, o := range options {
+		switch o {
+		case "defaults", "rw":
+		case "ro":
+			flags |= unix.MS_RDONLY
+		case "nouuid", "noload", "norecovery":
+			d = append(d, o)
+		default:
+			return 0, "", false
+		}
+	}
+	return flags, strings.Join(d, ","), true
 }
 
 func (m timedMounter) MountSensitiveWithoutSystemd(source, target, fstype string, options, sensitive []string) error {

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A mount(8) that hangs is killed at the deadline, with what it started,
@@ -27,7 +29,8 @@ func TestHungMountIsKilled(t *testing.T) {
 	defer func() { CommandTimeout = old }()
 
 	for _, call := range []func() error{
-		func() error { return timedMounter{}.Mount("/dev/x", dir+"/t", "ext4", []string{"ro"}) },
+		// An option of the user's: mount(8) runs (kernelMountArgs).
+		func() error { return timedMounter{}.Mount("/dev/x", dir+"/t", "ext4", []string{"ro", "noatime"}) },
 		func() error { return timedMounter{}.Mount("/a", dir+"/t", "", []string{"bind", "ro"}) },
 		func() error { return timedMounter{}.Unmount(dir + "/t") },
 	} {
@@ -52,6 +55,28 @@ func TestHungMountIsKilled(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
+		}
+	}
+}
+
+func TestKernelMountArgs(t *testing.T) {
+	for _, c := range []struct {
+		opts  []string
+		flags uintptr
+		data  string
+		ok    bool
+	}{
+		{nil, 0, "", true},
+		{[]string{"defaults"}, 0, "", true},
+		{[]string{"nouuid", "defaults"}, 0, "nouuid", true},
+		{[]string{"ro", "noload", "defaults"}, unix.MS_RDONLY, "noload", true},
+		{[]string{"ro", "nouuid", "norecovery"}, unix.MS_RDONLY, "nouuid,norecovery", true},
+		{[]string{"noatime"}, 0, "", false}, // a user's mountOptions: mount(8)
+		{[]string{"defaults", "discard"}, 0, "", false},
+	} {
+		flags, data, ok := kernelMountArgs(c.opts)
+		if flags != c.flags || data != c.data || ok != c.ok {
+			t.Errorf("kernelMountArgs(%q) = %#x, %q, %v; want %#x, %q, %v", c.opts, flags, data, ok, c.flags, c.data, c.ok)
 		}
 	}
 }

@@ -31,7 +31,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -188,22 +187,17 @@ func run(ctx context.Context, o *options) (code int) {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
-	k8sFailed := false
+	b := &bench{ctx: ctx, o: o}
 	if o.has("k8s") {
 		// Its own stack (the e2e's Kubernetes and Ceph), before this bench's.
 		logf("== k8s (make bench-k8s)")
-		cmd := exec.CommandContext(ctx, "make", "bench-k8s")
-		cmd.Dir, cmd.Stdout, cmd.Stderr = o.root, os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
+		if err := b.k8s(ctx); err != nil {
 			logf("k8s: %v", err)
-			k8sFailed = true
+			b.failures = append(b.failures, "k8s: "+err.Error())
 		}
 		delete(o.parts, "k8s")
 		if len(o.parts) == 0 {
-			if k8sFailed {
-				return 1
-			}
-			return 0
+			return b.report(&env{o: o})
 		}
 	}
 	env := &env{o: o}
@@ -218,7 +212,7 @@ func run(ctx context.Context, o *options) (code int) {
 		logf("setup failed: %v", err)
 		return 1
 	}
-	b := &bench{ctx: ctx, o: o, env: env}
+	b.env = env
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go b.others.watch(wctx, env.cephConf)
@@ -252,15 +246,21 @@ func run(ctx context.Context, o *options) (code int) {
 	b.memory.FinalRSSKiB, b.memory.FinalHWMKiB = env.rss()
 	b.memory.DriverExited = env.driverExited()
 
+	return b.report(env)
+}
+
+// report prints and writes the results; 1 if a part failed.
+func (b *bench) report(env *env) int {
+	b.env = env
 	computeRatios(b.rows)
 	sort.SliceStable(b.rows, func(i, j int) bool { return b.rows[i].order < b.rows[j].order })
 	res := b.results()
 	printTable(os.Stdout, res)
-	if err := writeResults(o.out, res); err != nil {
+	if err := writeResults(b.o.out, res); err != nil {
 		logf("writing results: %v", err)
 		return 1
 	}
-	if len(b.failures) > 0 || k8sFailed {
+	if len(b.failures) > 0 {
 		return 1
 	}
 	return 0

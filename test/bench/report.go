@@ -218,8 +218,19 @@ func (b *bench) targets() []target {
 		b.p50Target("CreateSnapshot p50", "<= 1.5x raw rbd_snap_create", "CreateSnapshot", 1.5),
 		b.p50Target("Restore p50, concurrency 1", "<= 1.3x raw clone + resize", "Restore snapshot", 1.3),
 		b.opsTarget("Restore throughput, concurrency 8", ">= 0.8x raw clone + resize", "Restore snapshot", 0.8),
-		b.p50Target("NodeStage+NodePublish p50", "<= 1.2x shell baseline", "NodeStage+NodePublish", 1.2),
+		b.p50Target("NodeStage+NodePublish p50", "<= 1.15x shell baseline", "NodeStage+NodePublish", 1.15),
+		b.p50Target("NodeUnpublish+NodeUnstage p50", "<= 1.5x shell baseline", "NodeUnpublish+NodeUnstage", 1.5),
 	)
+	// bench-k8s: the time until the last PVC is Bound, against the control.
+	t = target{Name: "Kubernetes: all PVCs Bound", Goal: "<= 1.25x the control driver's time"}
+	for _, r := range b.rows {
+		if c := b.find(r.Operation, implBaseline, r.Concurrency); r.Operation == "Kubernetes: PVCs Bound" && r.Impl == implBasalt && c != nil && c.WallMs > 0 {
+			v := r.WallMs / c.WallMs
+			t.Value = fmt.Sprintf("%.3fx (%.1f s vs %.1f s, %d PVCs)", v, r.WallMs/1000, c.WallMs/1000, r.N)
+			t.Met = boolp(v <= 1.25)
+		}
+	}
+	ts = append(ts, t)
 	t = target{Name: "RSS idle", Goal: "< 60 MiB"}
 	if b.memory.IdleRSSKiB > 0 {
 		t.Value = fmt.Sprintf("%.1f MiB", kibToMiB(b.memory.IdleRSSKiB))

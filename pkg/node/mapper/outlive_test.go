@@ -40,3 +40,39 @@ func TestCgroupProcsFiles(t *testing.T) {
 		t.Fatalf("v2: %v", got)
 	}
 }
+
+func TestAtRoot(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"cpu,cpuacct", "memory", "unified", "systemd", "pids"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, d, "cgroup.procs"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("cpu,cpuacct", filepath.Join(root, "cpu")); err != nil {
+		t.Fatal(err)
+	}
+	// A process in a pod's cgroups except for cpu,cpuacct, systemd and v2.
+	proc := "12:pids:/kubepods/pod1/c1\n9:name=systemd:/\n4:memory:/kubepods/pod1/c1\n2:cpuacct,cpu:/\n0::/\n"
+	r := atRoot(proc)
+	var moved []string
+	for _, p := range cgroupProcsFiles(root) {
+		if !r[hierarchyOf(root, p)] {
+			moved = append(moved, filepath.Base(filepath.Dir(p)))
+		}
+	}
+	if want := []string{"memory", "pids"}; !reflect.DeepEqual(moved, want) {
+		t.Fatalf("moved in %v, want %v", moved, want)
+	}
+	// Unreadable: every hierarchy.
+	if r := atRoot(""); len(r) != 0 {
+		t.Fatalf("atRoot(\"\") = %v", r)
+	}
+	// cgroup v2: the root's own cgroup.procs is the v2 hierarchy.
+	v2 := t.TempDir()
+	if got := hierarchyOf(v2, filepath.Join(v2, "cgroup.procs")); got != "" {
+		t.Fatalf("v2 root: %q", got)
+	}
+}

@@ -3,7 +3,8 @@
 # needs: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kube-proxy, kubectl, etcd, csi-provisioner, csi-attacher, csi-snapshotter, csi-resizer,
 # snapshot-controller (with the snapshot CRDs), containerd (with its runc
-# shim, ctr and crictl), this repository's registrar and livenessprobe, and the
+# shim, ctr and crictl), this repository's registrar, livenessprobe and nullcsi
+# (bench-k8s's control driver), and the
 # upstream storage suite: e2e.test (`go test -c` of tools/storagee2e, which is
 # k8s.io/kubernetes/test/e2e's main with the storage tests only) with the
 # ginkgo runner of the same version (parallel runs) and agnhost,
@@ -48,7 +49,7 @@ CRICTL_MOD=sigs.k8s.io/cri-tools
 CRICTL_VERSION=v1.37.0        # crictl: the CRI's view of the containers (v1.35.0 is not served)
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
 	etcd csi-provisioner csi-attacher csi-snapshotter snapshot-controller csi-resizer
-	containerd containerd-shim-runc-v2 ctr crictl registrar livenessprobe e2e.test ginkgo agnhost)
+	containerd containerd-shim-runc-v2 ctr crictl registrar livenessprobe nullcsi e2e.test ginkgo agnhost)
 SUITE=(e2e.test ginkgo) # the rest is the cluster part
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -195,7 +196,7 @@ build_cluster() {
 	step snapshot-controller sidecar snapshot-controller "$SNAP_VERSION" github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
 	step agnhost build_tools_module "$WORK/bin/" k8s.io/kubernetes/test/images/agnhost
 	step etcd build_tools_module "$WORK/bin/etcd" go.etcd.io/etcd/server/v3
-	step tools build_tools_module "$WORK/bin/" ./registrar ./livenessprobe
+	step tools build_tools_module "$WORK/bin/" ./registrar ./livenessprobe ./nullcsi
 	step containerd env -C "$WORK" GOBIN="$WORK/bin" "$GO" install \
 		"$CTRD_MOD/cmd/containerd@$CTRD_VERSION" "$CTRD_MOD/cmd/containerd-shim-runc-v2@$CTRD_VERSION" "$CTRD_MOD/cmd/ctr@$CTRD_VERSION"
 	step crictl env -C "$WORK" GOBIN="$WORK/bin" "$GO" install "$CRICTL_MOD/cmd/crictl@$CRICTL_VERSION"

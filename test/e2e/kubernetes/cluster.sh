@@ -146,7 +146,7 @@ ours() {
 # images: every image the cluster runs, as OCI archives in $E2E/images:
 # Basalt's (`make image`), each sidecar deploy/kubernetes names (a scratch
 # image of the binary build-tools.sh built from the pinned module, whose
-# version must be the manifest's tag), a pause image and busybox.
+# version must be the manifest's tag), a pause image, busybox and nullcsi.
 images() {
   local d=$E2E/images ref name tag bin have
   mkdir -p "$d"
@@ -167,6 +167,8 @@ images() {
     "$ROOT/deploy/image.sh" scratch "$d/$name.tar" "localhost/$name:$tag" "[\"/$bin\"]" "$BIN/$bin:/$bin"
   done
   "$ROOT/deploy/image.sh" scratch "$d/pause.tar" localhost/pause:e2e '["/catatonit","-P"]' /usr/bin/catatonit:/catatonit
+  # bench-k8s's control driver (scale_control_test.go).
+  "$ROOT/deploy/image.sh" scratch "$d/nullcsi.tar" localhost/nullcsi:e2e '["/nullcsi"]' "$BIN/nullcsi:/nullcsi"
   rm -rf "$E2E/busybox" && mkdir -p "$E2E/busybox/bin"
   cp /bin/busybox "$E2E/busybox/bin/"
   for name in $(/bin/busybox --list); do [ "$name" = busybox ] || ln -s busybox "$E2E/busybox/bin/$name"; done
