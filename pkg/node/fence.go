@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/basalt-csi/basalt/pkg/backend"
 	"github.com/basalt-csi/basalt/pkg/node/mapper"
@@ -22,26 +23,53 @@ import (
 // a mapping) nothing is recorded and the watch simply expires. krbd is never fenced: the kernel
 // client is shared by every krbd mapping of the host.
 
-// mapTracked maps spec for volumeID and records the new daemon's client
-// address when certain. ignore is an address already fenced, whose watch
-// may linger a moment.
-func (s *Service) mapTracked(ctx context.Context, volumeID string, spec mapper.Spec, ignore string) (mapper.Mapping, error) {
+// mapTracked maps spec for volumeID; client then returns the new daemon's
+// Ceph client address when certain ("" otherwise), waiting for the lookup
+// that tells, which runs meanwhile: the stage probes the device at the same
+// time. ignore is an address already fenced, whose watch may linger a
+// moment.
+//
+// The "before" listing runs while Map starts the daemon (it is an image
+// open, ~10 ms, that need not wait): the daemon registers its watch only
+// once it has connected and opened the image, long after. Should the
+// listing ever see that watch all the same, "before" is not empty and
+// nothing is recorded: the race can only lose the address, never record a
+// wrong one.
+func (s *Service) mapTracked(ctx context.Context, volumeID string, spec mapper.Spec, ignore string) (m mapper.Mapping, client func() string, err error) {
+	none := func() string { return "" }
 	// A read-only map registers no watch: the one that appears would be
 	// someone else's.
 	track := s.Clients != nil && s.Mapper.Name() != "krbd" && !spec.ReadOnly
-	var before []string
-	var berr error
+	type listing struct {
+		clients []string
+		err     error
+	}
+	before := make(chan listing, 1)
 	if track {
-		before, berr = s.clientsBut(ctx, volumeID, ignore)
+		go func() {
+			c, err := s.clientsBut(ctx, volumeID, ignore)
+			before <- listing{c, err}
+		}()
 	}
-	m, err := s.Mapper.Map(ctx, spec)
-	if err != nil || !track || berr != nil || len(before) > 0 {
-		return m, err
+	m, err = s.Mapper.Map(ctx, spec)
+	if !track {
+		return m, none, err
 	}
-	if after, err := s.clientsBut(ctx, volumeID, ignore); err == nil && len(after) == 1 {
-		m.Client = after[0]
+	if b := <-before; err != nil || b.err != nil || len(b.clients) > 0 {
+		return m, none, err
 	}
-	return m, nil
+	addr := make(chan string, 1)
+	go func() {
+		after, err := s.clientsBut(ctx, volumeID, ignore)
+		if err != nil || len(after) != 1 {
+			addr <- ""
+			return
+		}
+		addr <- after[0]
+	}()
+	var once sync.Once
+	var got string
+	return m, func() string { once.Do(func() { got = <-addr }); return got }, nil
 }
 
 func (s *Service) clientsBut(ctx context.Context, volumeID, ignore string) ([]string, error) {

@@ -161,16 +161,17 @@ func (s *Service) heal(ctx context.Context, uuid string, rec *Record) (err error
 	} else {
 		fenced = s.fenceDead(ctx, log, rec)
 	}
-	m, err := s.mapTracked(ctx, rec.VolumeID, rec.Spec, fenced)
+	m, client, err := s.mapTracked(ctx, rec.VolumeID, rec.Spec, fenced)
 	if err != nil {
 		return status.Errorf(codes.Internal, "re-mapping %s/%s: %v", rec.Spec.Pool, rec.Spec.Image, err)
 	}
+	m.Client = client()
 	rec.Mapping = m
 	if err := s.Store.Save(uuid, rec); err != nil {
 		return status.Error(codes.Internal, err.Error())
 	}
 	if !rec.Block {
-		if err := s.mountStaging(ctx, log, rec); err != nil {
+		if err := s.mountStaging(ctx, log, rec, nil); err != nil {
 			return err
 		}
 	}

@@ -166,7 +166,7 @@ func (s *Service) stage(ctx context.Context, log *slog.Logger, uuid string, rec 
 	if err := s.Store.Save(uuid, rec); err != nil {
 		return status.Errorf(codes.Internal, "saving the staging record: %v", err)
 	}
-	m, err := s.mapTracked(ctx, rec.VolumeID, rec.Spec, "")
+	m, client, err := s.mapTracked(ctx, rec.VolumeID, rec.Spec, "")
 	if err == nil {
 		err = failpoint.Hit("node/after-map")
 	}
@@ -183,10 +183,20 @@ func (s *Service) stage(ctx context.Context, log *slog.Logger, uuid string, rec 
 		_ = s.Store.Delete(uuid)
 		return status.Errorf(codes.Internal, "mapping %s/%s with %s: %v", rec.Spec.Pool, rec.Spec.Image, s.Mapper.Name(), err)
 	}
+	// The filesystem probe (a read-only blkid, tens of milliseconds through
+	// rbd-fuse) runs while the daemon's client address is looked up.
+	var pr *probe
+	if !rec.Block && !rec.ReadOnly {
+		pr = s.startProbe(ctx, m.Device)
+	}
+	m.Client = client()
 	rec.Mapping = m
 	defer func() {
 		if err == nil {
 			return
+		}
+		if pr != nil {
+			pr.wait() // nothing may read the device while it is unmapped
 		}
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CommandTimeout)
 		defer cancel()
@@ -208,10 +218,34 @@ func (s *Service) stage(ctx context.Context, log *slog.Logger, uuid string, rec 
 	if rec.Block {
 		return nil
 	}
-	return s.mountStaging(ctx, log, rec)
+	return s.mountStaging(ctx, log, rec, pr)
 }
 
-func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Record) error {
+// probe is a filesystem probe of a device running in the background.
+type probe struct {
+	done   chan struct{}
+	format string
+	err    error
+}
+
+func (s *Service) startProbe(ctx context.Context, dev string) *probe {
+	p := &probe{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.format, p.err = s.Mounts.DiskFormat(ctx, dev)
+	}()
+	return p
+}
+
+// wait returns the probe's outcome; it may be called more than once.
+func (p *probe) wait() (string, error) {
+	<-p.done
+	return p.format, p.err
+}
+
+// mountStaging mounts rec's device at its staging path; pr is a probe of
+// the device already started (nil: it probes itself, when it needs to).
+func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Record, pr *probe) error {
 	if err := os.MkdirAll(rec.StagingPath, 0o750); err != nil {
 		return status.Errorf(codes.Internal, "creating %s: %v", rec.StagingPath, err)
 	}
@@ -238,7 +272,10 @@ func (s *Service) mountStaging(ctx context.Context, log *slog.Logger, rec *Recor
 	// expansion) tells reliably that a blank volume was not grown since.
 	mount := s.Mounts.FormatAndMount
 	if !rec.ReadOnly {
-		format, err := s.Mounts.DiskFormat(ctx, rec.Mapping.Device)
+		if pr == nil {
+			pr = s.startProbe(ctx, rec.Mapping.Device)
+		}
+		format, err := pr.wait()
 		if err != nil {
 			return status.Errorf(codes.Internal, "probing the filesystem on %s: %v", rec.Mapping.Device, err)
 		}

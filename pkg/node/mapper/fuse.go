@@ -101,13 +101,14 @@ func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) (starte
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return false, err
 	}
-	if err := f.startRBDFuse(ctx, s, dir); err != nil {
+	parent, err := f.startRBDFuse(ctx, s, dir)
+	if err != nil {
 		return false, err
 	}
 	// Before returning, not in the background: moving a process between
 	// cgroups takes the kernel's cgroup lock, which stalls the forks of the
 	// commands that follow anyway (measured: no gain in the background).
-	for _, pid := range daemonsFor(dir) {
+	for _, pid := range daemonForkedBy(parent, dir) {
 		_ = Outlive(pid) // best effort: see Outlive
 	}
 	// rbd-fuse returns once mounted; give the kernel a moment to show the file.
@@ -124,13 +125,14 @@ func (f *FUSE) ensureFUSE(ctx context.Context, s Spec, dir, file string) (starte
 // startRBDFuse runs rbd-fuse, which daemonises after mounting. Its output
 // goes to a file (not a pipe the daemon would keep open), and the
 // credentials go through CEPH_ARGS as a keyring path.
-func (f *FUSE) startRBDFuse(ctx context.Context, s Spec, dir string) error {
+// It returns the PID of the process it started, which forked the daemon.
+func (f *FUSE) startRBDFuse(ctx context.Context, s Spec, dir string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	logPath := dir + ".log"
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer logf.Close()
 	cmd := exec.CommandContext(ctx, "rbd-fuse", "-c", s.CephConf, "-p", s.Pool, "-r", s.Image, dir)
@@ -145,11 +147,11 @@ func (f *FUSE) startRBDFuse(ctx context.Context, s Spec, dir string) error {
 	if err := cmd.Run(); err != nil {
 		out, _ := os.ReadFile(logPath)
 		if ctx.Err() != nil {
-			return fmt.Errorf("rbd-fuse %s/%s: no answer within %v: %s", s.Pool, s.Image, f.timeout, lastLines(out))
+			return 0, fmt.Errorf("rbd-fuse %s/%s: no answer within %v: %s", s.Pool, s.Image, f.timeout, lastLines(out))
 		}
-		return fmt.Errorf("rbd-fuse %s/%s: %v: %s", s.Pool, s.Image, err, lastLines(out))
+		return 0, fmt.Errorf("rbd-fuse %s/%s: %v: %s", s.Pool, s.Image, err, lastLines(out))
 	}
-	return nil
+	return cmd.Process.Pid, nil
 }
 
 // Unmap implements Mapper: detach the loop device(s) of the image, then
@@ -480,6 +482,42 @@ func RBDFusePIDs(match func(mountPoint string) bool) []int {
 // daemonsFor lists the rbd-fuse processes serving dir.
 func daemonsFor(dir string) []int {
 	return RBDFusePIDs(func(mp string) bool { return mp == dir })
+}
+
+// daemonForkedBy finds the daemon serving dir that parent forked: the
+// process IDs just above parent's are looked at first (PIDs are handed out
+// in increasing order, so the fork is almost always among them), which
+// spares reading every process's name in /proc, several milliseconds on a
+// busy host; failing that (PIDs wrapped around), daemonsFor.
+func daemonForkedBy(parent int, dir string) []int {
+	for pid := parent + 1; pid <= parent+forkWindow; pid++ {
+		if isRBDFuseLeader(pid, dir) {
+			return []int{pid}
+		}
+	}
+	return daemonsFor(dir)
+}
+
+// forkWindow is how many PIDs above its parent the daemon is looked for.
+const forkWindow = 256
+
+// isRBDFuseLeader: pid is a process (not one of a process's threads, whose
+// /proc entries answer too) of rbd-fuse serving dir.
+func isRBDFuseLeader(pid int, dir string) bool {
+	p := "/proc/" + strconv.Itoa(pid)
+	if comm, err := os.ReadFile(p + "/comm"); err != nil || strings.TrimSpace(string(comm)) != "rbd-fuse" {
+		return false
+	}
+	st, err := os.ReadFile(p + "/status")
+	if err != nil || !strings.Contains(string(st), "\nTgid:\t"+strconv.Itoa(pid)+"\n") {
+		return false
+	}
+	b, err := os.ReadFile(p + "/cmdline")
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return filepath.Base(args[0]) == "rbd-fuse" && args[len(args)-1] == dir
 }
 
 func waitGone(ctx context.Context, dir string) error {
