@@ -96,9 +96,10 @@ func TestMetricsAfterKnownCalls(t *testing.T) {
 		{"basalt_csi_requests_total", map[string]string{"method": "NodeStageVolume", "code": "OK"}, eq(1)},
 		{"basalt_csi_requests_total", map[string]string{"method": "NodeStageVolume", "code": "FailedPrecondition"}, eq(1)},
 		{"basalt_node_staged_volumes", map[string]string{"mapper": "fuse"}, eq(1)},
-		// The fuse mapper attaches a loop device; the staging mount is mount(8).
+		// The fuse mapper attaches a loop device; the stage probes the
+		// filesystem with blkid (the staging mount itself is mount(2)).
 		{"basalt_node_command_duration_seconds", map[string]string{"command": "losetup"}, between(1, 1e9)},
-		{"basalt_node_command_duration_seconds", map[string]string{"command": "mount"}, between(1, 1e9)},
+		{"basalt_node_command_duration_seconds", map[string]string{"command": "blkid"}, between(1, 1e9)},
 		{"basalt_node_command_timeouts_total", map[string]string{"command": "losetup"}, eq(0)},
 		{"basalt_node_heal_actions_total", map[string]string{"outcome": "failed"}, eq(0)},
 	})
