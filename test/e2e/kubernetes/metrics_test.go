@@ -68,8 +68,9 @@ func TestMetricsAndRefusalEvent(t *testing.T) {
 	if v := sumOf(nodeFams, "basalt_csi_requests_total", map[string]string{"method": "NodeStageVolume", "code": "OK"}); v < 1 {
 		t.Errorf("the node plugin counted %v successful NodeStageVolume calls, want at least 1", v)
 	}
-	if v := sumOf(nodeFams, "basalt_node_command_duration_seconds", map[string]string{"command": "mount"}); v < 1 {
-		t.Errorf("the node plugin timed %v mount commands, want at least 1", v)
+	// The stage's filesystem probe (the staging mount itself is mount(2)).
+	if v := sumOf(nodeFams, "basalt_node_command_duration_seconds", map[string]string{"command": "blkid"}); v < 1 {
+		t.Errorf("the node plugin timed %v blkid commands, want at least 1", v)
 	}
 	// The controller's registry census sees the node plugin's heartbeat
 	// (every 30 s) from inside its container.
