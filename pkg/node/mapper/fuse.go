@@ -462,21 +462,28 @@ func RBDFusePIDs(match func(mountPoint string) bool) []int {
 		if err != nil {
 			continue
 		}
-		// comm first: reading it does not touch the process's memory, as
-		// reading cmdline does; only rbd-fuse processes have theirs read.
-		if comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm")); err != nil || strings.TrimSpace(string(comm)) != "rbd-fuse" {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if filepath.Base(args[0]) == "rbd-fuse" && match(args[len(args)-1]) {
+		if rbdFuseServing(pid, match) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// rbdFuseServing: pid is an rbd-fuse whose mount point (its last argument)
+// satisfies match. comm is read first: reading it does not touch the
+// process's memory, as reading cmdline does; only rbd-fuse processes have
+// theirs read.
+func rbdFuseServing(pid int, match func(mountPoint string) bool) bool {
+	p := "/proc/" + strconv.Itoa(pid)
+	if comm, err := os.ReadFile(p + "/comm"); err != nil || strings.TrimSpace(string(comm)) != "rbd-fuse" {
+		return false
+	}
+	b, err := os.ReadFile(p + "/cmdline")
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return filepath.Base(args[0]) == "rbd-fuse" && match(args[len(args)-1])
 }
 
 // daemonsFor lists the rbd-fuse processes serving dir.
@@ -501,23 +508,14 @@ func daemonForkedBy(parent int, dir string) []int {
 // forkWindow is how many PIDs above its parent the daemon is looked for.
 const forkWindow = 256
 
-// isRBDFuseLeader: pid is a process (not one of a process's threads, whose
-// /proc entries answer too) of rbd-fuse serving dir.
+// isRBDFuseLeader: pid is a process (not one of a process's threads,
+// whose /proc entries answer too, unlisted) of rbd-fuse serving dir.
 func isRBDFuseLeader(pid int, dir string) bool {
-	p := "/proc/" + strconv.Itoa(pid)
-	if comm, err := os.ReadFile(p + "/comm"); err != nil || strings.TrimSpace(string(comm)) != "rbd-fuse" {
+	if !rbdFuseServing(pid, func(mp string) bool { return mp == dir }) {
 		return false
 	}
-	st, err := os.ReadFile(p + "/status")
-	if err != nil || !strings.Contains(string(st), "\nTgid:\t"+strconv.Itoa(pid)+"\n") {
-		return false
-	}
-	b, err := os.ReadFile(p + "/cmdline")
-	if err != nil {
-		return false
-	}
-	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-	return filepath.Base(args[0]) == "rbd-fuse" && args[len(args)-1] == dir
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	return err == nil && strings.Contains(string(st), "\nTgid:\t"+strconv.Itoa(pid)+"\n")
 }
 
 func waitGone(ctx context.Context, dir string) error {
