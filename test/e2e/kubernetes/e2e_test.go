@@ -204,24 +204,35 @@ func podVolumeDir(t *testing.T, pod, pv string) string {
 }
 
 // podYAML is a workload pod that reads the golden file and writes one of its
-// own through the claim. Its shell ends on SIGTERM, as a well-behaved
-// application does; as PID 1 without a handler it would ignore it, and every
-// deletion would wait out the 30 s grace period.
+// own through the claim.
 func podYAML(name, claim string) string {
+	return workloadPodYAML(name, claim, "", "cat /data/golden.txt && echo hi > /data/pod.txt")
+}
+
+// workloadPodYAML is a pod (with labels, "" for none, as a YAML flow map's
+// entries) that runs work on its claim at /data, then sleeps. Its shell ends
+// on SIGTERM, as a well-behaved application does; as PID 1 without a
+// handler it would ignore it, and every deletion would wait out the 30 s
+// grace period.
+func workloadPodYAML(name, claim, labels, work string) string {
+	meta := "name: " + name
+	if labels != "" {
+		meta += ", labels: {" + labels + "}"
+	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
-metadata: {name: %s}
+metadata: {%s}
 spec:
   nodeSelector: {kubernetes.io/hostname: e2e-node}
   containers:
   - name: app
     image: busybox:1.36
-    command: ["sh", "-c", "trap 'exit 0' TERM; cat /data/golden.txt && echo hi > /data/pod.txt && sleep 3600 & wait"]
+    command: ["sh", "-c", "trap 'exit 0' TERM; %s && sleep 3600 & wait"]
     volumeMounts: [{name: data, mountPath: /data}]
   volumes:
   - name: data
     persistentVolumeClaim: {claimName: %s}
-`, name, claim)
+`, meta, work, claim)
 }
 
 func waitPodRunning(t *testing.T, pod string) {

@@ -137,24 +137,11 @@ spec:
 	return res
 }
 
-// scalePodYAML is a pod that writes to its claim (of its own name) and
-// sleeps; the same for both drivers, so it reads nothing a volume of the
-// control would not have.
+// scalePodYAML is a pod that writes to its claim (of its own name); the
+// same for both drivers, so it reads nothing a volume of the control would
+// not have.
 func scalePodYAML(name string) string {
-	return fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: %s, labels: {bench: scale}}
-spec:
-  nodeSelector: {kubernetes.io/hostname: e2e-node}
-  containers:
-  - name: app
-    image: busybox:1.36
-    command: ["sh", "-c", "trap 'exit 0' TERM; echo hi > /data/pod.txt && sleep 3600 & wait"]
-    volumeMounts: [{name: data, mountPath: /data}]
-  volumes:
-  - name: data
-    persistentVolumeClaim: {claimName: %s}
-`, name, name)
+	return workloadPodYAML(name, name, "bench: scale", "echo hi > /data/pod.txt")
 }
 
 func round2(v float64) float64 { return float64(int(v*100+0.5)) / 100 }
